@@ -1,0 +1,24 @@
+// Words every layer uses: inlining and branch hints, and the page geometry the allocator is
+// built on (a "page" here is the allocator's 8 KiB unit, not the 4 KiB hardware page).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#define FM_ALWAYS_INLINE inline __attribute__((always_inline))
+#define FM_NOINLINE __attribute__((noinline))
+#define FM_LIKELY(x) __builtin_expect(!!(x), 1)
+#define FM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define FM_EXPORT __attribute__((visibility("default")))
+
+namespace fastmalloc {
+
+inline constexpr unsigned kPageShift = 13;
+inline constexpr size_t kPageSize = size_t{1} << kPageShift;
+// User-space addresses on x86-64 (4-level paging) are below 2^47; we map nothing higher.
+inline constexpr unsigned kAddressBits = 48;
+
+inline constexpr size_t round_up(size_t n, size_t align) { return (n + align - 1) & ~(align - 1); }
+inline constexpr bool is_power_of_two(size_t n) { return n != 0 && (n & (n - 1)) == 0; }
+
+}  // namespace fastmalloc

@@ -1,0 +1,55 @@
+// Process life: what runs at load (options, fork handlers), around fork, and at exit.
+//
+// Nothing here is needed before the first allocation: every structure starts zeroed and ready,
+// so allocations from ld.so or libc that come before this library's constructor are served as
+// usual. The constructor only reads the options and registers the fork handlers.
+#include <pthread.h>
+
+#include "central_free_list.h"
+#include "meta_arena.h"
+#include "options.h"
+#include "page_heap.h"
+#include "report.h"
+#include "span_map.h"
+
+namespace fastmalloc {
+
+namespace {
+
+// Fork: the child must find every lock free and every structure consistent, so the parent takes
+// all of them, in the lock order of front_end.cpp, before the fork.
+void before_fork() {
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) central_list(cls).lock().lock();
+  g_page_heap.lock().lock();
+  g_span_map.lock().lock();
+  g_meta_arena.lock().lock();
+}
+
+void after_fork_in_parent() {
+  g_meta_arena.lock().unlock();
+  g_span_map.lock().unlock();
+  g_page_heap.lock().unlock();
+  for (unsigned cls = kNumClasses - 1; cls >= 1; --cls) central_list(cls).lock().unlock();
+}
+
+// The child's only thread is the one that forked, which held every lock: none has waiters.
+void after_fork_in_child() {
+  g_meta_arena.lock().reset_after_fork();
+  g_span_map.lock().reset_after_fork();
+  g_page_heap.lock().reset_after_fork();
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) central_list(cls).lock().reset_after_fork();
+}
+
+__attribute__((constructor(101))) void on_load() {
+  options();
+  // pthread_atfork may allocate (through us): no lock is held here, so that is fine.
+  pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+}
+
+__attribute__((destructor(101))) void on_unload() {
+  if (options().stats) print_stats();
+}
+
+}  // namespace
+
+}  // namespace fastmalloc

@@ -1,0 +1,85 @@
+// Carving spans into objects and taking them back.
+#include "central_free_list.h"
+
+#include "os/message.h"
+
+namespace fastmalloc {
+
+constinit CentralLists g_central = central_detail::make_lists(std::make_index_sequence<kNumClasses>{});
+
+namespace {
+void store(std::atomic<uint64_t>& counter, uint64_t value) { counter.store(value, std::memory_order_relaxed); }
+uint64_t load(const std::atomic<uint64_t>& counter) { return counter.load(std::memory_order_relaxed); }
+}  // namespace
+
+Span* CentralFreeList::new_span() {
+  const SizeClass& sc = size_class(size_class_);
+  Span* span = g_page_heap.allocate(sc.pages);
+  if (span == nullptr) return nullptr;
+  span->size_class = static_cast<uint8_t>(size_class_);
+  span->free_objects = nullptr;
+  span->never_used = span->start;
+  span->live = 0;
+  span->state = SpanState::kSmall;
+  nonempty_.push_front(span);
+  store(spans_, load(spans_) + 1);
+  store(span_misses_, load(span_misses_) + 1);
+  return span;
+}
+
+// Objects come from the span's free list first, then from memory never handed out: a new span is
+// carved lazily, so its untouched pages cost no RSS.
+void* CentralFreeList::pop(Span* span) {
+  const SizeClass& sc = size_class(size_class_);
+  void* object = span->free_objects;
+  if (object != nullptr) {
+    span->free_objects = *static_cast<void**>(object);
+  } else {
+    object = reinterpret_cast<void*>(span->never_used);
+    span->never_used += sc.size;
+  }
+  ++span->live;
+  if (span->free_objects == nullptr && span->never_used == span->start + uintptr_t{sc.objects} * sc.size)
+    nonempty_.remove(span);
+  return object;
+}
+
+int CentralFreeList::allocate_batch(void** out, int n) {
+  LockGuard guard(lock_);
+  int got = 0;
+  while (got < n) {
+    Span* span = nonempty_.first();
+    if (span == nullptr && (span = new_span()) == nullptr) break;
+    out[got++] = pop(span);
+  }
+  store(live_, load(live_) + static_cast<uint64_t>(got));
+  store(allocations_, load(allocations_) + static_cast<uint64_t>(got));
+  return got;
+}
+
+void CentralFreeList::deallocate(Span* span, void* p, const char* call) {
+  LockGuard guard(lock_);
+  // Checked again under the lock: the span cannot change class while we hold it.
+  if (span->state != SpanState::kSmall || span->size_class != size_class_ || span->live == 0) {
+    lock_.unlock();
+    os::fatal_misuse(call, p, "double free or invalid pointer");
+  }
+  *static_cast<void**>(p) = span->free_objects;
+  span->free_objects = p;
+  --span->live;
+  store(live_, load(live_) - 1);
+  if (!span->on_list) nonempty_.push_front(span);
+  // An empty span goes back to the page heap, unless it is the class's only one: a program that
+  // allocates and frees one object in a loop should not take a span each time.
+  if (span->live == 0 && nonempty_.length() > 1) {
+    nonempty_.remove(span);
+    store(spans_, load(spans_) - 1);
+    g_page_heap.deallocate(span);
+  }
+}
+
+CentralStats CentralFreeList::stats() const {
+  return CentralStats{load(live_), load(spans_), load(allocations_), load(span_misses_)};
+}
+
+}  // namespace fastmalloc

@@ -1,0 +1,65 @@
+// Central free lists: for each size class, the spans that still have free objects, and the
+// objects themselves (linked through their first word inside each span). This is where every
+// object comes from and goes back to; the per-CPU caches of the front end will move objects in
+// and out of here in batches, so the interface takes batches.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+#include "page_heap.h"
+#include "size_classes.h"
+#include "span.h"
+#include "sync/mutex.h"
+
+namespace fastmalloc {
+
+struct CentralStats {
+  uint64_t live_objects;  // handed out, not yet returned
+  uint64_t spans;         // spans owned by this class
+  uint64_t allocations;   // objects handed out since start
+  uint64_t span_misses;   // times the list ran dry and took a span from the page heap
+};
+
+class CentralFreeList {
+ public:
+  explicit constexpr CentralFreeList(unsigned size_class) : size_class_(size_class) {}
+
+  // Up to n objects into out[]; returns how many (0 only when out of memory).
+  int allocate_batch(void** out, int n);
+
+  // Returns object p, which lies in `span` (a span of this class). Aborts on a detectable double
+  // free; `call` names the API call for the report.
+  void deallocate(Span* span, void* p, const char* call);
+
+  CentralStats stats() const;
+  Mutex& lock() { return lock_; }
+
+ private:
+  Span* new_span();
+  void* pop(Span* span);
+
+  Mutex lock_;
+  SpanList nonempty_;  // spans with at least one free object
+  const unsigned size_class_;
+  // Written under lock_, read without it by stats().
+  std::atomic<uint64_t> live_{0}, spans_{0}, allocations_{0}, span_misses_{0};
+};
+
+struct CentralLists {
+  CentralFreeList list[kNumClasses];  // indexed by class; entry 0 is unused
+};
+
+namespace central_detail {
+template <size_t... I>
+constexpr CentralLists make_lists(std::index_sequence<I...>) {
+  return CentralLists{{CentralFreeList(I)...}};
+}
+}  // namespace central_detail
+
+extern CentralLists g_central;
+FM_ALWAYS_INLINE CentralFreeList& central_list(unsigned cls) { return g_central.list[cls]; }
+
+}  // namespace fastmalloc

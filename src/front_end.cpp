@@ -1,0 +1,155 @@
+// The front end: allocation and free paths, realloc and alignment.
+//
+// CALL TREE
+//   allocate(size)
+//     size <= kMaxSmallSize: allocate_small(class)  -> central_list(class).allocate_batch(1)
+//                                                        -> new_span() -> PageHeap::allocate()
+//     otherwise:             allocate_large()         -> PageHeap::map_large() (its own mapping)
+//   deallocate(p)
+//     span_of(p) (span map lookup, no lock) -> validate p against the span
+//     small: central_list(class).deallocate()  -> empty span: PageHeap::deallocate()
+//     large: PageHeap::unmap_large()
+// The per-CPU caches (next step) slot in at allocate_small / deallocate_small: they hold objects
+// and move them to and from the central lists in batches.
+//
+// SYNCHRONIZATION
+//   size-class table, options   immutable after startup (options parse once, atomic flag)
+//   central list of a class     its CentralFreeList::lock(): the nonempty span list, every
+//                               field of the spans the class owns, their free objects
+//   page heap                   PageHeap::lock(): free span bins, span fields of free spans,
+//                               splitting and coalescing, statistics of large blocks
+//   span map                    readers take no lock: root entries are published with release
+//                               stores and never change; an entry is written only by the owner
+//                               of the page (the central list or page heap that holds its
+//                               lock, or the thread mapping/unmapping its large block). A
+//                               lookup may return a stale descriptor for a page no live span
+//                               covers, so every reader checks the range and state it gets.
+//                               SpanMap::lock() serializes leaf creation and the spare leaf.
+//   span descriptors            recycled (never unmapped) through g_span_pool under the
+//                               metadata arena's lock, so a stale one is always readable.
+//   metadata arena              MetaArena::lock()
+// LOCK ORDER (take left before right; never the other way):
+//   central list (by ascending class, only in fork) -> page heap -> span map -> metadata arena
+#include "front_end.h"
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+
+#include "base.h"
+#include "central_free_list.h"
+#include "os/message.h"
+#include "page_heap.h"
+#include "size_classes.h"
+#include "span_map.h"
+
+namespace fastmalloc {
+
+namespace {
+
+FM_NOINLINE void* out_of_memory() {
+  errno = ENOMEM;
+  return nullptr;
+}
+
+FM_ALWAYS_INLINE void* allocate_small(unsigned cls) {
+  void* p;
+  if (FM_UNLIKELY(central_list(cls).allocate_batch(&p, 1) == 0)) return out_of_memory();
+  return p;
+}
+
+FM_NOINLINE void* allocate_large(size_t size, size_t align) {
+  // Refuse what no process could map before asking: sizes above PTRDIFF_MAX are never valid.
+  if (size > static_cast<size_t>(PTRDIFF_MAX)) return out_of_memory();
+  Span* span = g_page_heap.map_large(size, align);
+  if (span == nullptr) return out_of_memory();
+  return reinterpret_cast<void*>(span->start);
+}
+
+// The span that owns block p, or a report naming `call`. Ensures p is the start of a block that
+// is live as far as can be seen without the owner's lock (the central list checks again).
+FM_ALWAYS_INLINE Span* span_of(const void* p, const char* call) {
+  uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  Span* span = g_span_map.lookup(addr);
+  if (FM_LIKELY(span != nullptr)) {
+    if (span->state == SpanState::kSmall) {
+      if (FM_LIKELY(span->contains(addr) && is_object_boundary(span->size_class, addr - span->start))) return span;
+    } else if (span->state == SpanState::kLarge && span->start == addr) {
+      return span;
+    }
+  }
+  os::fatal_misuse(call, p, "invalid pointer (not a block fastmalloc handed out, or already freed)");
+}
+
+size_t block_size(const Span* span) {
+  return span->state == SpanState::kSmall ? size_class(span->size_class).size : span->bytes;
+}
+
+}  // namespace
+
+void* allocate(size_t size) {
+  if (FM_LIKELY(size <= kMaxSmallSize)) return allocate_small(size_to_class(size));
+  return allocate_large(size, 0);
+}
+
+void deallocate(void* p, const char* call) {
+  if (FM_UNLIKELY(p == nullptr)) return;
+  Span* span = span_of(p, call);
+  if (FM_LIKELY(span->state == SpanState::kSmall)) {
+    central_list(span->size_class).deallocate(span, p, call);
+    return;
+  }
+  int saved_errno = errno;
+  g_page_heap.unmap_large(span);
+  errno = saved_errno;
+}
+
+void* allocate_zeroed(size_t count, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(count, size, &total)) return out_of_memory();
+  void* p = allocate(total);
+  // Large blocks are fresh mappings, already zero; small ones may be reused.
+  if (p != nullptr && total <= kMaxSmallSize) memset(p, 0, total);
+  return p;
+}
+
+void* allocate_aligned(size_t align, size_t size) {
+  if (align <= 8 || (align == 16 && size >= 16)) return allocate(size);
+  if (size <= kMaxSmallSize && align <= kPageSize) {
+    // A class whose size is a multiple of `align` has every object aligned, since spans start on
+    // a page boundary. Every power of two is a class, so at most a few classes are skipped.
+    size_t wanted = size > align ? size : align;
+    for (unsigned cls = size_to_class(wanted); cls < kNumClasses; ++cls)
+      if (size_class(cls).size % align == 0) return allocate_small(cls);
+  }
+  return allocate_large(size == 0 ? 1 : size, align);
+}
+
+void* reallocate(void* p, size_t size, const char* call) {
+  if (p == nullptr) return allocate(size);
+  Span* span = span_of(p, call);
+  if (size == 0) {
+    // glibc frees the block and returns NULL.
+    deallocate(p, call);
+    return nullptr;
+  }
+  if (span->state == SpanState::kSmall) {
+    if (size <= kMaxSmallSize && size_to_class(size) == span->size_class) return p;
+  } else if (size > kMaxSmallSize) {
+    if (!g_page_heap.remap_large(span, size)) return out_of_memory();
+    return reinterpret_cast<void*>(span->start);
+  }
+  void* fresh = allocate(size);
+  if (fresh == nullptr) return nullptr;
+  size_t old_size = block_size(span);
+  memcpy(fresh, p, old_size < size ? old_size : size);
+  deallocate(p, call);
+  return fresh;
+}
+
+size_t usable_size(const void* p, const char* call) {
+  if (p == nullptr) return 0;
+  return block_size(span_of(p, call));
+}
+
+}  // namespace fastmalloc

@@ -1,0 +1,130 @@
+// Linux implementation of the os.h contract, on raw system calls and glibc's thin wrappers.
+#include "os/os.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "base.h"
+
+extern char** environ;
+
+namespace fastmalloc::os {
+
+void* map(size_t bytes, size_t align) {
+  if (align <= 4096) {
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  }
+  // Over-map by the alignment, then trim the unaligned head and the tail.
+  size_t padded = bytes + align;
+  if (padded < bytes) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  void* raw = ::mmap(nullptr, padded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  uintptr_t aligned = round_up(start, align);
+  if (aligned > start) ::munmap(raw, aligned - start);
+  uintptr_t end = start + padded;
+  if (end > aligned + bytes) ::munmap(reinterpret_cast<void*>(aligned + bytes), end - (aligned + bytes));
+  return reinterpret_cast<void*>(aligned);
+}
+
+void unmap(void* addr, size_t bytes) { ::munmap(addr, bytes); }
+
+void* remap(void* addr, size_t old_bytes, size_t new_bytes) {
+  void* p = ::mremap(addr, old_bytes, new_bytes, MREMAP_MAYMOVE);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+bool release(void* addr, size_t bytes) { return ::madvise(addr, bytes, MADV_DONTNEED) == 0; }
+
+void futex_wait(uint32_t* word, uint32_t expected) {
+  ::syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+}
+
+void futex_wake(uint32_t* word, int count) {
+  ::syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, nullptr, nullptr, 0);
+}
+
+namespace {
+
+// Copy of /proc/self/environ for the case where the first allocation comes before libc has set
+// `environ` (from ld.so). Read once; it lives in .bss, so it costs nothing unless used.
+char proc_environ[64 * 1024];
+size_t proc_environ_len = 0;
+bool proc_environ_read = false;
+
+void read_proc_environ() {
+  if (proc_environ_read) return;
+  proc_environ_read = true;
+  int fd = ::open("/proc/self/environ", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  while (proc_environ_len < sizeof proc_environ - 1) {
+    ssize_t n = ::read(fd, proc_environ + proc_environ_len, sizeof proc_environ - 1 - proc_environ_len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    proc_environ_len += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  proc_environ[proc_environ_len] = '\0';
+}
+
+}  // namespace
+
+void for_each_env(void (*visit)(const char* entry, void* ctx), void* ctx) {
+  int saved_errno = errno;
+  if (environ != nullptr) {
+    for (char** e = environ; *e != nullptr; ++e) visit(*e, ctx);
+  } else {
+    read_proc_environ();
+    for (size_t i = 0; i < proc_environ_len; i += strlen(proc_environ + i) + 1) visit(proc_environ + i, ctx);
+  }
+  errno = saved_errno;
+}
+
+const char* getenv(const char* name) {
+  struct Query {
+    const char* name;
+    size_t len;
+    const char* value;
+  } query{name, strlen(name), nullptr};
+  for_each_env(
+      [](const char* entry, void* ctx) {
+        auto* q = static_cast<Query*>(ctx);
+        if (q->value == nullptr && strncmp(entry, q->name, q->len) == 0 && entry[q->len] == '=')
+          q->value = entry + q->len + 1;
+      },
+      &query);
+  return query.value;
+}
+
+void write_stderr(const char* text, size_t len) {
+  int saved_errno = errno;
+  while (len > 0) {
+    ssize_t n = ::write(STDERR_FILENO, text, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text += n;
+    len -= static_cast<size_t>(n);
+  }
+  errno = saved_errno;
+}
+
+size_t hardware_page_size() {
+  static size_t page = 0;
+  if (page == 0) {
+    page = getauxval(AT_PAGESZ);
+    if (page == 0) page = 4096;
+  }
+  return page;
+}
+
+}  // namespace fastmalloc::os

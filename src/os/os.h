@@ -1,0 +1,45 @@
+// The allocator's whole contract with the operating system: address space, futexes, the
+// startup environment, and raw output for messages. Nothing above this layer calls mmap,
+// syscall or write directly. None of these functions allocates.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fastmalloc::os {
+
+// Maps `bytes` (a multiple of 4 KiB) of fresh, zeroed, read-write memory aligned to `align`
+// (a power of two, at least 4 KiB). Returns nullptr when the kernel refuses; errno is then
+// whatever mmap left (usually ENOMEM).
+void* map(size_t bytes, size_t align);
+
+// Unmaps a range obtained from map() or remap(), or a page-aligned part of one.
+void unmap(void* addr, size_t bytes);
+
+// Grows or shrinks a mapping, moving it if needed (mremap). Returns nullptr on failure, leaving
+// the old mapping intact.
+void* remap(void* addr, size_t old_bytes, size_t new_bytes);
+
+// Tells the kernel it may drop the pages of [addr, addr + bytes); they read as zero afterwards.
+// Returns false where madvise was refused (the memory then stays resident, nothing is lost).
+bool release(void* addr, size_t bytes);
+
+// Futex wait/wake on a process-private 32-bit word.
+void futex_wait(uint32_t* word, uint32_t expected);
+void futex_wake(uint32_t* word, int count);
+
+// The value of environment variable `name` in the startup environment, or nullptr. Works before
+// libc has set up `environ` (it then reads /proc/self/environ once). Not thread-safe: the
+// options module calls these once, under its own guard.
+const char* getenv(const char* name);
+
+// Calls `visit(entry)` for each "NAME=value" entry of the startup environment.
+void for_each_env(void (*visit)(const char* entry, void* ctx), void* ctx);
+
+// Writes all of [text, text + len) to stderr, retrying on EINTR and short writes.
+void write_stderr(const char* text, size_t len);
+
+// The hardware page size (4 KiB on x86-64), from the auxiliary vector.
+size_t hardware_page_size();
+
+}  // namespace fastmalloc::os

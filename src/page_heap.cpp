@@ -1,0 +1,190 @@
+// Page runs: first fit by exact-size bins, best fit among the long ones, split and coalesce.
+#include "page_heap.h"
+
+#include <cerrno>
+
+#include "os/os.h"
+#include "span_map.h"
+
+namespace fastmalloc {
+
+PageHeap g_page_heap;
+MetaPool<Span> g_span_pool;
+
+void PageHeap::insert_free(Span* span) {
+  span->state = SpanState::kFree;
+  g_span_map.set(span->start, span);
+  g_span_map.set(span->end() - kPageSize, span);
+  bin_for(span->pages()).push_front(span);
+  free_bytes_ += span->bytes;
+  if (span->released) released_bytes_ += span->bytes;
+}
+
+void PageHeap::remove_free(Span* span) {
+  bin_for(span->pages()).remove(span);
+  free_bytes_ -= span->bytes;
+  if (span->released) released_bytes_ -= span->bytes;
+}
+
+Span* PageHeap::take_free(size_t pages) {
+  for (size_t n = pages; n < kBins; ++n)
+    if (!bins_[n].empty()) return bins_[n].first();
+  Span* best = nullptr;
+  for (Span* s = bins_[0].first(); s != nullptr; s = s->next)
+    if (s->pages() >= pages && (best == nullptr || s->bytes < best->bytes)) best = s;
+  return best;
+}
+
+Span* PageHeap::grow(size_t pages) {
+  size_t bytes = (pages > kGrowPages ? pages : kGrowPages) * kPageSize;
+  void* memory = os::map(bytes, kPageSize);
+  if (memory == nullptr) return nullptr;
+  uintptr_t start = reinterpret_cast<uintptr_t>(memory);
+  Span* span = g_span_pool.create();
+  if (span == nullptr || !g_span_map.ensure(start, bytes)) {
+    if (span != nullptr) g_span_pool.destroy(span);
+    os::unmap(memory, bytes);
+    return nullptr;
+  }
+  system_bytes_ += bytes;
+  span->start = start;
+  span->bytes = bytes;
+  // Fresh chunks are not coalesced with older ones: they rarely touch, and keeping chunks apart
+  // costs nothing.
+  insert_free(span);
+  return span;
+}
+
+Span* PageHeap::allocate(size_t pages) {
+  LockGuard guard(lock_);
+  Span* span = take_free(pages);
+  if (span == nullptr) span = grow(pages);
+  if (span == nullptr) return nullptr;
+  remove_free(span);
+  if (span->pages() > pages) {
+    // Split: the tail stays free under a new descriptor.
+    Span* rest = g_span_pool.create();
+    if (rest == nullptr) {
+      insert_free(span);
+      return nullptr;
+    }
+    rest->start = span->start + pages * kPageSize;
+    rest->bytes = span->bytes - pages * kPageSize;
+    rest->released = span->released;
+    span->bytes = pages * kPageSize;
+    insert_free(rest);
+  }
+  g_span_map.set_range(span->start, span->bytes, span);
+  span->released = false;
+  span->on_list = false;
+  return span;
+}
+
+void PageHeap::deallocate(Span* span) {
+  LockGuard guard(lock_);
+  span->size_class = 0;
+  span->free_objects = nullptr;
+  span->live = 0;
+  span->released = false;
+  if (Span* left = g_span_map.lookup(span->start - 1);
+      left != nullptr && left != span && left->state == SpanState::kFree && left->end() == span->start) {
+    remove_free(left);
+    span->start = left->start;
+    span->bytes += left->bytes;
+    g_span_pool.destroy(left);
+  }
+  if (Span* right = g_span_map.lookup(span->end());
+      right != nullptr && right != span && right->state == SpanState::kFree && right->start == span->end()) {
+    remove_free(right);
+    span->bytes += right->bytes;
+    g_span_pool.destroy(right);
+  }
+  insert_free(span);
+}
+
+size_t PageHeap::release_free_pages() {
+  LockGuard guard(lock_);
+  size_t released = 0;
+  for (SpanList& bin : bins_) {
+    for (Span* s = bin.first(); s != nullptr; s = s->next) {
+      if (s->released || !os::release(reinterpret_cast<void*>(s->start), s->bytes)) continue;
+      s->released = true;
+      released += s->bytes;
+    }
+  }
+  released_bytes_ += released;
+  return released;
+}
+
+Span* PageHeap::map_large(size_t bytes, size_t align) {
+  size_t hw_page = os::hardware_page_size();
+  size_t mapped = round_up(bytes, hw_page);
+  if (mapped < bytes) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  void* memory = os::map(mapped, align > hw_page ? align : hw_page);
+  if (memory == nullptr) return nullptr;
+  uintptr_t start = reinterpret_cast<uintptr_t>(memory);
+  Span* span = g_span_pool.create();
+  if (span == nullptr || !g_span_map.ensure(start, kPageSize)) {
+    if (span != nullptr) g_span_pool.destroy(span);
+    os::unmap(memory, mapped);
+    errno = ENOMEM;
+    return nullptr;
+  }
+  span->start = start;
+  span->bytes = mapped;
+  span->state = SpanState::kLarge;
+  g_span_map.set(start, span);
+  LockGuard guard(lock_);
+  ++large_count_;
+  large_bytes_ += mapped;
+  return span;
+}
+
+void PageHeap::unmap_large(Span* span) {
+  {
+    LockGuard guard(lock_);
+    --large_count_;
+    large_bytes_ -= span->bytes;
+  }
+  // Clear the entry before the address can be mapped again by someone else.
+  g_span_map.set(span->start, nullptr);
+  span->state = SpanState::kFree;
+  os::unmap(reinterpret_cast<void*>(span->start), span->bytes);
+  g_span_pool.destroy(span);
+}
+
+bool PageHeap::remap_large(Span* span, size_t new_bytes) {
+  size_t mapped = round_up(new_bytes, os::hardware_page_size());
+  if (mapped < new_bytes) return false;
+  {
+    // The block may move anywhere, and once moved it must be recorded there: hold the map's
+    // lock with a spare leaf in hand, so recording cannot fail after the move. The old entry is
+    // cleared first: once the block has left, another thread may map a block at that address.
+    LockGuard map_guard(g_span_map.lock());
+    if (!g_span_map.reserve_spare_locked()) return false;
+    g_span_map.set(span->start, nullptr);
+    void* moved = os::remap(reinterpret_cast<void*>(span->start), span->bytes, mapped);
+    if (moved != nullptr) {
+      span->start = reinterpret_cast<uintptr_t>(moved);
+      g_span_map.ensure_locked(span->start, kPageSize);
+    }
+    g_span_map.set(span->start, span);
+    if (moved == nullptr) return false;
+  }
+  LockGuard guard(lock_);
+  large_bytes_ += mapped - span->bytes;
+  span->bytes = mapped;
+  return true;
+}
+
+PageHeapStats PageHeap::stats() {
+  LockGuard guard(lock_);
+  size_t free_spans = 0;
+  for (SpanList& bin : bins_) free_spans += bin.length();
+  return PageHeapStats{system_bytes_, free_bytes_, released_bytes_, free_spans, large_count_, large_bytes_};
+}
+
+}  // namespace fastmalloc

@@ -1,0 +1,63 @@
+// The page heap: runs of 8 KiB pages for small-object spans, cut from chunks mapped from the OS
+// and coalesced with their free neighbours when they come back. Also the direct mappings that
+// hold large blocks (above kMaxSmallSize), which go back to the OS as soon as they are freed.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "meta_arena.h"
+#include "span.h"
+#include "sync/mutex.h"
+
+namespace fastmalloc {
+
+struct PageHeapStats {
+  size_t system_bytes;    // mapped from the OS for small spans
+  size_t free_bytes;      // in free spans (released ones included)
+  size_t released_bytes;  // in free spans whose pages were given back to the OS
+  size_t free_spans;
+  size_t large_count;     // live large blocks
+  size_t large_bytes;     // their mapped bytes
+};
+
+class PageHeap {
+ public:
+  // A span of exactly `pages` pages, recorded in the span map for every page, with state kFree
+  // and no other fields set: the caller makes it its own. nullptr when out of memory.
+  Span* allocate(size_t pages);
+  // Gives a span back, merging it with free neighbours.
+  void deallocate(Span* span);
+  // Gives every free span's pages back to the OS; returns the bytes newly released.
+  size_t release_free_pages();
+
+  // A large block: a mapping of at least `bytes`, aligned to `align` (a power of two), with its
+  // descriptor recorded in the span map at the block's first page. nullptr when out of memory.
+  Span* map_large(size_t bytes, size_t align);
+  void unmap_large(Span* span);
+  // Resizes a large block in place or by moving it (mremap); false leaves it untouched.
+  bool remap_large(Span* span, size_t new_bytes);
+
+  PageHeapStats stats();
+  Mutex& lock() { return lock_; }
+
+ private:
+  static constexpr size_t kBins = 128;         // bins_[n]: free spans of n pages; bins_[0]: longer
+  static constexpr size_t kGrowPages = 128;    // map at least 1 MiB at a time
+
+  Span* take_free(size_t pages);
+  Span* grow(size_t pages);
+  void insert_free(Span* span);
+  void remove_free(Span* span);
+  SpanList& bin_for(size_t pages) { return bins_[pages < kBins ? pages : 0]; }
+
+  Mutex lock_;
+  SpanList bins_[kBins];
+  size_t system_bytes_ = 0, free_bytes_ = 0, released_bytes_ = 0;
+  size_t large_count_ = 0, large_bytes_ = 0;
+};
+
+extern PageHeap g_page_heap;
+extern MetaPool<Span> g_span_pool;
+
+}  // namespace fastmalloc

@@ -1,0 +1,68 @@
+// Gathering and printing statistics.
+#include "report.h"
+
+#include "central_free_list.h"
+#include "meta_arena.h"
+#include "os/message.h"
+#include "page_heap.h"
+
+namespace fastmalloc {
+
+Totals gather_totals() {
+  Totals t{};
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    CentralStats c = central_list(cls).stats();
+    const SizeClass& sc = size_class(cls);
+    t.small_live_objects += c.live_objects;
+    t.small_in_use_bytes += c.live_objects * sc.size;
+    t.small_span_bytes += c.spans * sc.pages * kPageSize;
+    t.small_allocations += c.allocations;
+    t.span_misses += c.span_misses;
+  }
+  // The counters are read one by one while threads run: clamp what cannot be negative.
+  t.small_free_bytes = t.small_span_bytes > t.small_in_use_bytes ? t.small_span_bytes - t.small_in_use_bytes : 0;
+  PageHeapStats h = g_page_heap.stats();
+  t.heap_system_bytes = h.system_bytes;
+  t.heap_free_bytes = h.free_bytes;
+  t.heap_released_bytes = h.released_bytes;
+  t.heap_free_spans = h.free_spans;
+  t.large_count = h.large_count;
+  t.large_bytes = h.large_bytes;
+  t.metadata_bytes = g_meta_arena.mapped_bytes();
+  return t;
+}
+
+void print_stats() {
+  Totals t = gather_totals();
+  os::Message m;
+  m.text("fastmalloc: mode=locked\n").flush();
+  m.text("fastmalloc: in_use_bytes=").dec(t.small_in_use_bytes + t.large_bytes);
+  m.text(" small_in_use_bytes=").dec(t.small_in_use_bytes).text(" large_blocks=").dec(t.large_count);
+  m.text(" large_bytes=").dec(t.large_bytes).text("\n").flush();
+  m.text("fastmalloc: central: allocations=").dec(t.small_allocations).text(" span_misses=").dec(t.span_misses);
+  m.text(" span_bytes=").dec(t.small_span_bytes).text(" free_object_bytes=").dec(t.small_free_bytes).text("\n").flush();
+  m.text("fastmalloc: page_heap: mapped_bytes=").dec(t.heap_system_bytes).text(" free_bytes=").dec(t.heap_free_bytes);
+  m.text(" released_bytes=").dec(t.heap_released_bytes).text(" free_spans=").dec(t.heap_free_spans).text("\n").flush();
+  m.text("fastmalloc: metadata_bytes=").dec(t.metadata_bytes).text("\n").flush();
+}
+
+int write_malloc_info(FILE* out) {
+  Totals t = gather_totals();
+  int n = fprintf(out,
+                  "<malloc version=\"fastmalloc-1\">\n"
+                  "<heap nr=\"0\">\n"
+                  "<total type=\"small\" count=\"%zu\" size=\"%zu\"/>\n"
+                  "<total type=\"free\" count=\"%zu\" size=\"%zu\"/>\n"
+                  "<total type=\"mmap\" count=\"%zu\" size=\"%zu\"/>\n"
+                  "<system type=\"current\" size=\"%zu\"/>\n"
+                  "<aspace type=\"released\" size=\"%zu\"/>\n"
+                  "</heap>\n"
+                  "<system type=\"metadata\" size=\"%zu\"/>\n"
+                  "</malloc>\n",
+                  t.small_live_objects, t.small_in_use_bytes, t.heap_free_spans,
+                  t.heap_free_bytes + t.small_free_bytes, t.large_count, t.large_bytes, t.heap_system_bytes,
+                  t.heap_released_bytes, t.metadata_bytes);
+  return n < 0 ? -1 : 0;
+}
+
+}  // namespace fastmalloc

@@ -1,0 +1,98 @@
+// Size classes: the fixed set of object sizes small requests are rounded up to, and for each
+// the span (run of pages) its objects are carved from.
+//
+// Classes: 8; 16 to 128 in steps of 16; then four classes per power of two (for sizes in
+// (2^k, 2^(k+1)] the step is 2^(k-2)), up to kMaxSmallSize = 256 KiB. Every class from 16 up is
+// a multiple of 16, so objects carved from a page-aligned span are 16-byte aligned; every power
+// of two is a class, so an aligned request can be served by a class that is a multiple of the
+// alignment. Rounding wastes less than 1/4 of a request above 128 bytes (one step over the
+// smallest size of its group), and at most 15 bytes below.
+//
+// Class 0 is not a class: span descriptors use it to mean "not a small-object span".
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "base.h"
+
+namespace fastmalloc {
+
+inline constexpr size_t kMaxSmallSize = 256 * 1024;
+inline constexpr unsigned kNumClasses = 54;  // 1..53 are classes
+
+struct SizeClass {
+  uint32_t size;       // bytes per object
+  uint32_t pages;      // pages per span
+  uint32_t objects;    // objects per span
+  uint64_t div_magic;  // ceil(2^64 / size): n is a multiple of size iff n * div_magic < div_magic
+};
+
+namespace size_class_detail {
+
+constexpr size_t size_of_class(unsigned cls) {
+  if (cls == 1) return 8;
+  if (cls <= 9) return 16 * (cls - 1);
+  unsigned group = (cls - 10) / 4, step_index = (cls - 10) % 4 + 1;
+  unsigned lg = 7 + group;
+  return (size_t{1} << lg) + step_index * (size_t{1} << (lg - 2));
+}
+
+constexpr unsigned class_of_size_computed(size_t size) {
+  if (size <= 8) return 1;
+  if (size <= 128) return static_cast<unsigned>((size + 15) >> 4) + 1;
+  unsigned lg = 63u - static_cast<unsigned>(__builtin_clzll(size - 1));
+  size_t offset = size - 1 - (size_t{1} << lg);
+  return 10 + (lg - 7) * 4 + static_cast<unsigned>(offset >> (lg - 2));
+}
+
+// The smallest span that holds a few objects (up to 8, or 64 KiB worth) with at most 1/8 of it
+// left over at the end.
+constexpr uint32_t pages_for(size_t size) {
+  size_t want_objects = 65536 / size;
+  if (want_objects > 8) want_objects = 8;
+  if (want_objects < 1) want_objects = 1;
+  for (size_t pages = 1;; ++pages) {
+    size_t bytes = pages * kPageSize;
+    if (bytes / size >= want_objects && bytes % size <= bytes / 8) return static_cast<uint32_t>(pages);
+  }
+}
+
+struct Table {
+  SizeClass classes[kNumClasses];
+  uint8_t small_lookup[1024 / 8 + 1];  // index (size + 7) / 8, for sizes up to 1024
+};
+
+constexpr Table make_table() {
+  Table t{};
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    size_t size = size_of_class(cls);
+    uint32_t pages = pages_for(size);
+    t.classes[cls] = SizeClass{static_cast<uint32_t>(size), pages,
+                               static_cast<uint32_t>(pages * kPageSize / size), ~uint64_t{0} / size + 1};
+  }
+  for (size_t i = 0; i <= 1024 / 8; ++i) t.small_lookup[i] = static_cast<uint8_t>(class_of_size_computed(i * 8));
+  return t;
+}
+
+inline constexpr Table kTable = make_table();
+static_assert(size_of_class(kNumClasses - 1) == kMaxSmallSize);
+static_assert(class_of_size_computed(kMaxSmallSize) == kNumClasses - 1);
+
+}  // namespace size_class_detail
+
+FM_ALWAYS_INLINE const SizeClass& size_class(unsigned cls) { return size_class_detail::kTable.classes[cls]; }
+
+// The class for a request of `size` bytes; size must be at most kMaxSmallSize.
+FM_ALWAYS_INLINE unsigned size_to_class(size_t size) {
+  if (FM_LIKELY(size <= 1024)) return size_class_detail::kTable.small_lookup[(size + 7) >> 3];
+  return size_class_detail::class_of_size_computed(size);
+}
+
+// True when `offset` (below 2^32) is a whole number of objects of class `cls`.
+FM_ALWAYS_INLINE bool is_object_boundary(unsigned cls, uint64_t offset) {
+  uint64_t magic = size_class(cls).div_magic;
+  return offset * magic < magic;
+}
+
+}  // namespace fastmalloc

@@ -1,0 +1,67 @@
+// Span: a run of contiguous pages and the descriptor that says what they hold. A span is in one
+// of three states:
+//   kFree   - owned by the page heap, waiting to be reused (or coalesced with its neighbours);
+//   kSmall  - carved into objects of one size class, owned by that class's central free list;
+//   kLarge  - one block bigger than kMaxSmallSize, mapped from the OS for it alone.
+// SpanList is the intrusive doubly-linked list both the page heap and the central lists use.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "base.h"
+
+namespace fastmalloc {
+
+enum class SpanState : uint8_t { kFree = 0, kSmall = 1, kLarge = 2 };
+
+struct Span {
+  uintptr_t start;  // first byte; page-aligned (kLarge: 4 KiB aligned, the mapping's start)
+  size_t bytes;     // length; kLarge: the whole mapping, which is also the usable size
+  Span* next;
+  Span* prev;
+
+  // kSmall only.
+  void* free_objects;       // objects handed back, linked through their first word
+  uintptr_t never_used;     // objects at and above this address were never handed out
+  uint32_t live;            // objects handed out and not yet returned
+  uint8_t size_class;       // 0 unless kSmall
+  SpanState state;
+  bool on_list;             // linked into a SpanList
+  bool released;            // kFree only: its pages were given back to the OS (madvise)
+
+  size_t pages() const { return bytes >> kPageShift; }
+  uintptr_t end() const { return start + bytes; }
+  bool contains(uintptr_t p) const { return p - start < bytes; }
+};
+
+class SpanList {
+ public:
+  bool empty() const { return head_ == nullptr; }
+  Span* first() const { return head_; }
+  size_t length() const { return length_; }
+
+  void push_front(Span* s) {
+    s->prev = nullptr;
+    s->next = head_;
+    if (head_ != nullptr) head_->prev = s;
+    head_ = s;
+    s->on_list = true;
+    ++length_;
+  }
+
+  void remove(Span* s) {
+    if (s->prev != nullptr) s->prev->next = s->next;
+    else head_ = s->next;
+    if (s->next != nullptr) s->next->prev = s->prev;
+    s->next = s->prev = nullptr;
+    s->on_list = false;
+    --length_;
+  }
+
+ private:
+  Span* head_ = nullptr;
+  size_t length_ = 0;
+};
+
+}  // namespace fastmalloc
