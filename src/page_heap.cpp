@@ -4,17 +4,16 @@
 #include <cerrno>
 
 #include "os/os.h"
-#include "span_map.h"
 
 namespace fastmalloc {
 
-PageHeap g_page_heap;
+constinit PageHeap g_page_heap(g_span_map);
 MetaPool<Span> g_span_pool;
 
 void PageHeap::insert_free(Span* span) {
   span->state = SpanState::kFree;
-  g_span_map.set(span->start, span);
-  g_span_map.set(span->end() - kPageSize, span);
+  map_.set(span->start, span);
+  map_.set(span->end() - kPageSize, span);
   bin_for(span->pages()).push_front(span);
   free_bytes_ += span->bytes;
   if (span->released) released_bytes_ += span->bytes;
@@ -41,7 +40,7 @@ Span* PageHeap::grow(size_t pages) {
   if (memory == nullptr) return nullptr;
   uintptr_t start = reinterpret_cast<uintptr_t>(memory);
   Span* span = g_span_pool.create();
-  if (span == nullptr || !g_span_map.ensure(start, bytes)) {
+  if (span == nullptr || !map_.ensure(start, bytes)) {
     if (span != nullptr) g_span_pool.destroy(span);
     os::unmap(memory, bytes);
     return nullptr;
@@ -49,8 +48,6 @@ Span* PageHeap::grow(size_t pages) {
   system_bytes_ += bytes;
   span->start = start;
   span->bytes = bytes;
-  // Fresh chunks are not coalesced with older ones: they rarely touch, and keeping chunks apart
-  // costs nothing.
   insert_free(span);
   return span;
 }
@@ -74,7 +71,7 @@ Span* PageHeap::allocate(size_t pages) {
     span->bytes = pages * kPageSize;
     insert_free(rest);
   }
-  g_span_map.set_range(span->start, span->bytes, span);
+  map_.set_range(span->start, span->bytes, span);
   span->released = false;
   span->on_list = false;
   return span;
@@ -86,14 +83,14 @@ void PageHeap::deallocate(Span* span) {
   span->free_objects = nullptr;
   span->live = 0;
   span->released = false;
-  if (Span* left = g_span_map.lookup(span->start - 1);
+  if (Span* left = map_.lookup(span->start - 1);
       left != nullptr && left != span && left->state == SpanState::kFree && left->end() == span->start) {
     remove_free(left);
     span->start = left->start;
     span->bytes += left->bytes;
     g_span_pool.destroy(left);
   }
-  if (Span* right = g_span_map.lookup(span->end());
+  if (Span* right = map_.lookup(span->end());
       right != nullptr && right != span && right->state == SpanState::kFree && right->start == span->end()) {
     remove_free(right);
     span->bytes += right->bytes;
@@ -127,7 +124,7 @@ Span* PageHeap::map_large(size_t bytes, size_t align) {
   if (memory == nullptr) return nullptr;
   uintptr_t start = reinterpret_cast<uintptr_t>(memory);
   Span* span = g_span_pool.create();
-  if (span == nullptr || !g_span_map.ensure(start, kPageSize)) {
+  if (span == nullptr || !map_.ensure(start, kPageSize)) {
     if (span != nullptr) g_span_pool.destroy(span);
     os::unmap(memory, mapped);
     errno = ENOMEM;
@@ -136,7 +133,7 @@ Span* PageHeap::map_large(size_t bytes, size_t align) {
   span->start = start;
   span->bytes = mapped;
   span->state = SpanState::kLarge;
-  g_span_map.set(start, span);
+  map_.set(start, span);
   LockGuard guard(lock_);
   ++large_count_;
   large_bytes_ += mapped;
@@ -150,7 +147,7 @@ void PageHeap::unmap_large(Span* span) {
     large_bytes_ -= span->bytes;
   }
   // Clear the entry before the address can be mapped again by someone else.
-  g_span_map.set(span->start, nullptr);
+  map_.set(span->start, nullptr);
   span->state = SpanState::kFree;
   os::unmap(reinterpret_cast<void*>(span->start), span->bytes);
   g_span_pool.destroy(span);
@@ -163,15 +160,15 @@ bool PageHeap::remap_large(Span* span, size_t new_bytes) {
     // The block may move anywhere, and once moved it must be recorded there: hold the map's
     // lock with a spare leaf in hand, so recording cannot fail after the move. The old entry is
     // cleared first: once the block has left, another thread may map a block at that address.
-    LockGuard map_guard(g_span_map.lock());
-    if (!g_span_map.reserve_spare_locked()) return false;
-    g_span_map.set(span->start, nullptr);
+    LockGuard map_guard(map_.lock());
+    if (!map_.reserve_spare_locked()) return false;
+    map_.set(span->start, nullptr);
     void* moved = os::remap(reinterpret_cast<void*>(span->start), span->bytes, mapped);
     if (moved != nullptr) {
       span->start = reinterpret_cast<uintptr_t>(moved);
-      g_span_map.ensure_locked(span->start, kPageSize);
+      map_.ensure_locked(span->start, kPageSize);
     }
-    g_span_map.set(span->start, span);
+    map_.set(span->start, span);
     if (moved == nullptr) return false;
   }
   LockGuard guard(lock_);

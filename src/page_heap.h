@@ -8,6 +8,7 @@
 
 #include "meta_arena.h"
 #include "span.h"
+#include "span_map.h"
 #include "sync/mutex.h"
 
 namespace fastmalloc {
@@ -23,6 +24,9 @@ struct PageHeapStats {
 
 class PageHeap {
  public:
+  // `map` is where this heap records its spans (the process's g_span_map; tests give their own).
+  explicit constexpr PageHeap(SpanMap& map) : map_(map) {}
+
   // A span of exactly `pages` pages, recorded in the span map for every page, with state kFree
   // and no other fields set: the caller makes it its own. nullptr when out of memory.
   Span* allocate(size_t pages);
@@ -51,6 +55,7 @@ class PageHeap {
   void remove_free(Span* span);
   SpanList& bin_for(size_t pages) { return bins_[pages < kBins ? pages : 0]; }
 
+  SpanMap& map_;
   Mutex lock_;
   SpanList bins_[kBins];
   size_t system_bytes_ = 0, free_bytes_ = 0, released_bytes_ = 0;

@@ -1,0 +1,329 @@
+// The C API's contract, as glibc gives it, checked with libfastmalloc.so preloaded.
+#include <catch2/catch.hpp>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <malloc.h>
+#include <set>
+#include <vector>
+
+#include "preload_support.h"
+
+namespace {
+// Through a volatile pointer, so the compiler cannot reason about (or remove) the calls.
+void* (*volatile malloc_fn)(size_t) = malloc;
+void* (*volatile calloc_fn)(size_t, size_t) = calloc;
+void* (*volatile realloc_fn)(void*, size_t) = realloc;
+void* (*volatile reallocarray_fn)(void*, size_t, size_t) = reallocarray;
+void* (*volatile aligned_alloc_fn)(size_t, size_t) = aligned_alloc;
+void* (*volatile memalign_fn)(size_t, size_t) = memalign;
+
+bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
+}  // namespace
+
+TEST_CASE("every exported symbol resolves into libfastmalloc.so") {
+  for (const char* name :
+       {"malloc", "free", "calloc", "realloc", "reallocarray", "posix_memalign", "aligned_alloc", "memalign",
+        "valloc", "pvalloc", "malloc_usable_size", "cfree", "__libc_malloc", "__libc_free", "__libc_calloc",
+        "__libc_realloc", "__libc_memalign", "__libc_valloc", "__libc_pvalloc", "__posix_memalign", "malloc_trim",
+        "mallinfo", "mallinfo2", "mallopt", "malloc_stats", "malloc_info", "_Znwm", "_Znam", "_ZnwmRKSt9nothrow_t",
+        "_ZnamRKSt9nothrow_t", "_ZnwmSt11align_val_t", "_ZnamSt11align_val_t", "_ZnwmSt11align_val_tRKSt9nothrow_t",
+        "_ZnamSt11align_val_tRKSt9nothrow_t", "_ZdlPv", "_ZdaPv", "_ZdlPvRKSt9nothrow_t", "_ZdaPvRKSt9nothrow_t",
+        "_ZdlPvm", "_ZdaPvm", "_ZdlPvSt11align_val_t", "_ZdaPvSt11align_val_t", "_ZdlPvSt11align_val_tRKSt9nothrow_t",
+        "_ZdaPvSt11align_val_tRKSt9nothrow_t", "_ZdlPvmSt11align_val_t", "_ZdaPvmSt11align_val_t"}) {
+    INFO(name);
+    REQUIRE(resolves_to_fastmalloc(name));
+  }
+}
+
+TEST_CASE("malloc(0) returns distinct pointers") {
+  std::set<void*> seen;
+  for (int i = 0; i < 100; ++i) {
+    void* p = malloc_fn(0);
+    REQUIRE(p != nullptr);
+    REQUIRE(seen.insert(p).second);
+  }
+  for (void* p : seen) free(p);
+}
+
+TEST_CASE("blocks of 16 bytes and more are 16-byte aligned, and all of the usable size is writable") {
+  std::vector<void*> blocks;
+  for (size_t size = 1; size <= 70000; size = size < 64 ? size + 1 : size * 5 / 4) {
+    void* p = malloc_fn(size);
+    REQUIRE(p != nullptr);
+    if (size >= 16) REQUIRE(aligned(p, 16));
+    else REQUIRE(aligned(p, 8));
+    size_t usable = malloc_usable_size(p);
+    REQUIRE(usable >= size);
+    memset(p, 0x77, usable);
+    blocks.push_back(p);
+  }
+  for (size_t size : {size_t{300000}, size_t{5} << 20}) {
+    void* p = malloc_fn(size);
+    REQUIRE(aligned(p, 16));
+    size_t usable = malloc_usable_size(p);
+    REQUIRE(usable >= size);
+    memset(p, 0x77, usable);
+    blocks.push_back(p);
+  }
+  for (void* p : blocks) free(p);
+  REQUIRE(malloc_usable_size(nullptr) == 0);
+}
+
+TEST_CASE("free keeps errno, and free(NULL) does nothing") {
+  for (size_t size : {size_t{24}, size_t{1} << 20}) {
+    void* p = malloc_fn(size);
+    errno = 12345;
+    free(p);
+    REQUIRE(errno == 12345);
+  }
+  errno = 777;
+  free(nullptr);
+  REQUIRE(errno == 777);
+}
+
+TEST_CASE("impossible sizes and overflowing products fail with ENOMEM") {
+  errno = 0;
+  REQUIRE(malloc_fn(size_t{PTRDIFF_MAX} + 1) == nullptr);
+  REQUIRE(errno == ENOMEM);
+  errno = 0;
+  REQUIRE(malloc_fn(SIZE_MAX) == nullptr);
+  REQUIRE(errno == ENOMEM);
+  errno = 0;
+  REQUIRE(calloc_fn(SIZE_MAX / 2, 3) == nullptr);
+  REQUIRE(errno == ENOMEM);
+  errno = 0;
+  REQUIRE(calloc_fn(size_t{1} << 33, size_t{1} << 33) == nullptr);
+  REQUIRE(errno == ENOMEM);
+
+  void* p = malloc_fn(100);
+  memset(p, 'k', 100);
+  errno = 0;
+  REQUIRE(reallocarray_fn(p, SIZE_MAX / 4, 8) == nullptr);
+  REQUIRE(errno == ENOMEM);
+  errno = 0;
+  REQUIRE(realloc_fn(p, SIZE_MAX - 10) == nullptr);
+  REQUIRE(errno == ENOMEM);
+  for (int i = 0; i < 100; ++i) REQUIRE(static_cast<char*>(p)[i] == 'k');  // the old block is intact
+  REQUIRE(malloc_usable_size(p) >= 100);
+  free(p);
+
+  void* big = malloc_fn(1 << 20);
+  memset(big, 'z', 1 << 20);
+  errno = 0;
+  REQUIRE(realloc_fn(big, size_t{PTRDIFF_MAX} + 2) == nullptr);
+  REQUIRE(errno == ENOMEM);
+  REQUIRE(static_cast<char*>(big)[(1 << 20) - 1] == 'z');
+  free(big);
+}
+
+TEST_CASE("calloc memory is zero, even when it reuses dirty freed memory") {
+  for (size_t size : {size_t{8}, size_t{48}, size_t{1000}, size_t{65536}, size_t{262144}, size_t{3} << 20}) {
+    INFO(size);
+    for (int round = 0; round < 3; ++round) {
+      std::vector<void*> dirty;
+      for (int i = 0; i < 8; ++i) {
+        void* d = malloc_fn(size);
+        memset(d, 0xff, size);
+        dirty.push_back(d);
+      }
+      for (void* d : dirty) free(d);
+      unsigned char* p = static_cast<unsigned char*>(calloc_fn(1, size));
+      REQUIRE(p != nullptr);
+      bool zero = true;
+      for (size_t i = 0; i < size; ++i) zero &= p[i] == 0;
+      REQUIRE(zero);
+      free(p);
+    }
+  }
+  void* p = calloc_fn(0, 5);
+  REQUIRE(p != nullptr);
+  free(p);
+}
+
+TEST_CASE("realloc keeps the contents through growing and shrinking, small and large") {
+  size_t sizes[] = {1, 7, 16, 100, 1000, 4096, 50000, 262144, 262145, 1 << 20, 40 << 20, 300000, 5000, 3};
+  unsigned char* p = nullptr;
+  size_t have = 0;
+  for (size_t size : sizes) {
+    INFO(size);
+    p = static_cast<unsigned char*>(realloc_fn(p, size));
+    REQUIRE(p != nullptr);
+    for (size_t i = 0; i < std::min(have, size); ++i) REQUIRE(p[i] == static_cast<unsigned char>(i * 31 + 7));
+    for (size_t i = 0; i < size; ++i) p[i] = static_cast<unsigned char>(i * 31 + 7);
+    have = size;
+  }
+  free(p);
+}
+
+TEST_CASE("realloc(NULL, n) allocates and realloc(p, 0) frees") {
+  void* p = realloc_fn(nullptr, 40);
+  REQUIRE(p != nullptr);
+  REQUIRE(malloc_usable_size(p) >= 40);
+  REQUIRE(realloc_fn(p, 0) == nullptr);
+  void* q = realloc_fn(nullptr, 0);
+  REQUIRE(q != nullptr);
+  free(q);
+}
+
+TEST_CASE("posix_memalign checks its alignment and leaves the output alone on error") {
+  void* out = reinterpret_cast<void*>(0x1234);
+  for (size_t bad : {size_t{0}, size_t{1}, size_t{2}, size_t{4}, size_t{12}, size_t{24}, size_t{48}, size_t{100}}) {
+    INFO(bad);
+    REQUIRE(posix_memalign(&out, bad, 16) == EINVAL);
+    REQUIRE(out == reinterpret_cast<void*>(0x1234));
+  }
+  REQUIRE(posix_memalign(&out, 64, SIZE_MAX - 100) == ENOMEM);
+  REQUIRE(out == reinterpret_cast<void*>(0x1234));
+  REQUIRE(posix_memalign(&out, 8, 0) == 0);
+  REQUIRE(out != nullptr);
+  free(out);
+}
+
+TEST_CASE("every aligned API honours alignments up to 1 MiB and beyond") {
+  for (size_t align = 8; align <= (size_t{4} << 20); align *= 2) {
+    for (size_t size : {size_t{0}, size_t{1}, size_t{24}, align / 2 + 1, align, size_t{5000}, size_t{300000}}) {
+      INFO("align " << align << " size " << size);
+      void* p = nullptr;
+      REQUIRE(posix_memalign(&p, align, size) == 0);
+      REQUIRE(aligned(p, align));
+      REQUIRE(malloc_usable_size(p) >= size);
+      memset(p, 1, size);
+      void* q = aligned_alloc_fn(align, size);
+      REQUIRE(aligned(q, align));
+      memset(q, 2, size);
+      void* r = memalign_fn(align, size);
+      REQUIRE(aligned(r, align));
+      memset(r, 3, size);
+      free(p);
+      free(q);
+      free(r);
+    }
+  }
+}
+
+TEST_CASE("memalign rounds odd alignments up, aligned_alloc refuses them") {
+  void* p = memalign_fn(48, 10);
+  REQUIRE(p != nullptr);
+  REQUIRE(aligned(p, 64));
+  free(p);
+  errno = 0;
+  REQUIRE(aligned_alloc_fn(48, 10) == nullptr);
+  REQUIRE(errno == EINVAL);
+}
+
+TEST_CASE("valloc and pvalloc give page-aligned blocks, pvalloc rounds the size to pages") {
+  void* v = valloc(10);
+  REQUIRE(aligned(v, 4096));
+  free(v);
+  void* pv = pvalloc(5000);
+  REQUIRE(aligned(pv, 4096));
+  REQUIRE(malloc_usable_size(pv) >= 8192);
+  memset(pv, 9, 8192);
+  free(pv);
+  void* p0 = pvalloc(0);
+  REQUIRE(aligned(p0, 4096));
+  REQUIRE(malloc_usable_size(p0) >= 4096);
+  free(p0);
+}
+
+TEST_CASE("the __libc_ names and cfree work like the plain ones") {
+  using MallocFn = void* (*)(size_t);
+  using FreeFn = void (*)(void*);
+  auto libc_malloc = reinterpret_cast<MallocFn>(dlsym(RTLD_DEFAULT, "__libc_malloc"));
+  auto libc_free = reinterpret_cast<FreeFn>(dlsym(RTLD_DEFAULT, "__libc_free"));
+  auto cfree_fn = reinterpret_cast<FreeFn>(dlsym(RTLD_DEFAULT, "cfree"));
+  REQUIRE(libc_malloc != nullptr);
+  void* p = libc_malloc(77);
+  REQUIRE(malloc_usable_size(p) >= 77);
+  libc_free(p);
+  void* q = malloc_fn(77);
+  cfree_fn(q);
+}
+
+TEST_CASE("mallinfo2 and malloc_info report what is allocated") {
+  struct mallinfo2 before = mallinfo2();
+  std::vector<void*> blocks;
+  for (int i = 0; i < 1000; ++i) blocks.push_back(malloc_fn(1000));
+  void* large = malloc_fn(8 << 20);
+  struct mallinfo2 during = mallinfo2();
+  REQUIRE(during.uordblks >= before.uordblks + 1000 * 1000);
+  REQUIRE(during.hblks == before.hblks + 1);
+  REQUIRE(during.hblkhd >= before.hblkhd + (8 << 20));
+  REQUIRE(during.arena >= during.uordblks);
+  struct mallinfo2 wide = mallinfo2();
+  struct mallinfo old = mallinfo();  // nothing allocates between the two calls
+  REQUIRE(static_cast<size_t>(old.uordblks) == wide.uordblks);
+  REQUIRE(static_cast<size_t>(old.hblks) == wide.hblks);
+
+  char* text = nullptr;
+  size_t len = 0;
+  FILE* out = open_memstream(&text, &len);
+  REQUIRE(malloc_info(0, out) == 0);
+  fclose(out);
+  std::string xml(text, len);
+  free(text);
+  REQUIRE(xml.find("<malloc version=\"fastmalloc-1\">") == 0);
+  REQUIRE(xml.find("type=\"mmap\" count=\"") != std::string::npos);
+  REQUIRE(malloc_info(1, stdout) == -1);
+
+  for (void* p : blocks) free(p);
+  free(large);
+  struct mallinfo2 after = mallinfo2();
+  REQUIRE(after.uordblks <= during.uordblks - 1000 * 1000);
+  REQUIRE(after.hblks == before.hblks);
+  REQUIRE(mallopt(M_ARENA_MAX, 1) == 1);
+}
+
+TEST_CASE("malloc_trim gives free pages back") {
+  std::vector<void*> blocks;
+  for (int i = 0; i < 4000; ++i) blocks.push_back(malloc_fn(4000));  // about 16 MiB of spans
+  for (void* p : blocks) {
+    memset(p, 1, 4000);
+    free(p);
+  }
+  REQUIRE(malloc_trim(0) == 1);
+}
+
+TEST_CASE("malloc_stats prints the statistics to stderr") {
+  ChildResult r = run_in_child([] {
+    void* volatile p = malloc_fn(100);
+    malloc_stats();
+    free(p);
+  });
+  REQUIRE(r.exited);
+  REQUIRE(r.exit_code == 0);
+  REQUIRE(r.err.rfind("fastmalloc: mode=", 0) == 0);
+  REQUIRE(r.err.find("fastmalloc: central: allocations=") != std::string::npos);
+}
+
+namespace {
+// Allocated by a constructor, before main (and before Catch2 runs).
+void* early_block = nullptr;
+__attribute__((constructor)) void allocate_before_main() {
+  early_block = malloc(333);
+  memset(early_block, 0x42, 333);
+}
+}  // namespace
+
+TEST_CASE("a block allocated before main is usable and freeable") {
+  REQUIRE(early_block != nullptr);
+  REQUIRE(static_cast<unsigned char*>(early_block)[332] == 0x42);
+  REQUIRE(malloc_usable_size(early_block) >= 333);
+  free(early_block);
+}
+
+TEST_CASE("dlsym and dlerror, which allocate inside libc, work") {
+  for (int i = 0; i < 100; ++i) {
+    REQUIRE(dlsym(RTLD_DEFAULT, "no_such_symbol_anywhere") == nullptr);
+    const char* err = dlerror();
+    REQUIRE(err != nullptr);
+    REQUIRE(std::string(err).find("no_such_symbol_anywhere") != std::string::npos);
+  }
+  void* handle = dlopen("libm.so.6", RTLD_NOW);
+  REQUIRE(handle != nullptr);
+  REQUIRE(dlsym(handle, "cos") != nullptr);
+  dlclose(handle);
+}

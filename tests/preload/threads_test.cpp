@@ -1,0 +1,200 @@
+// Threads: blocks freed by other threads, randomized work with pattern checks that catch any
+// overlap, thread exit, and allocation from thread-local destructors.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <malloc.h>
+#include <mutex>
+#include <pthread.h>
+#include <random>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// Each block carries its own size and a pattern derived from its address and a tag, so a block
+// handed out twice, or written by someone else, fails the check.
+struct Checked {
+  static void* make(size_t size, uint32_t tag) {
+    size = size < 16 ? 16 : size;
+    auto* p = static_cast<unsigned char*>(malloc(size));
+    if (p == nullptr) abort();  // called from threads, where Catch2 assertions are not safe
+    fill(p, size, tag);
+    return p;
+  }
+  static void fill(unsigned char* p, size_t size, uint32_t tag) {
+    memcpy(p, &size, sizeof size);
+    memcpy(p + 8, &tag, sizeof tag);
+    for (size_t i = 16; i < size; ++i) p[i] = static_cast<unsigned char>(tag + i);
+  }
+  static bool check(const void* block, uint32_t tag) {
+    auto* p = static_cast<const unsigned char*>(block);
+    size_t size;
+    uint32_t stored;
+    memcpy(&size, p, sizeof size);
+    memcpy(&stored, p + 8, sizeof stored);
+    if (stored != tag || malloc_usable_size(const_cast<void*>(block)) < size) return false;
+    for (size_t i = 16; i < size; ++i)
+      if (p[i] != static_cast<unsigned char>(tag + i)) return false;
+    return true;
+  }
+};
+
+size_t random_size(std::mt19937_64& rng) {
+  uint64_t r = rng();
+  if (r % 100 < 80) return r % 512;
+  if (r % 100 < 98) return r % 32768;
+  return r % (600 * 1024);
+}
+
+}  // namespace
+
+TEST_CASE("randomized malloc/free/realloc on several threads never hands out a block twice") {
+  constexpr int kThreads = 4, kSlots = 2000, kOps = 60000;
+  std::atomic<bool> ok{true};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([t, &ok] {
+      std::mt19937_64 rng(1234 + t);
+      std::vector<void*> slots(kSlots, nullptr);
+      std::vector<uint32_t> tags(kSlots, 0);
+      for (int op = 0; op < kOps; ++op) {
+        int i = static_cast<int>(rng() % kSlots);
+        if (slots[i] != nullptr && !Checked::check(slots[i], tags[i])) ok = false;
+        uint32_t tag = static_cast<uint32_t>(rng());
+        if (slots[i] == nullptr) {
+          slots[i] = Checked::make(random_size(rng), tag);
+        } else if (rng() % 3 == 0) {
+          size_t size = random_size(rng) + 16;
+          auto* p = static_cast<unsigned char*>(realloc(slots[i], size));
+          if (p == nullptr) ok = false;
+          else Checked::fill(p, size, tag);
+          slots[i] = p;
+        } else {
+          free(slots[i]);
+          slots[i] = nullptr;
+          continue;
+        }
+        tags[i] = tag;
+      }
+      for (int i = 0; i < kSlots; ++i) {
+        if (slots[i] != nullptr && !Checked::check(slots[i], tags[i])) ok = false;
+        free(slots[i]);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  REQUIRE(ok);
+}
+
+TEST_CASE("blocks allocated on one thread are freed on another") {
+  constexpr int kProducers = 3, kPerProducer = 50000;
+  std::mutex lock;
+  std::vector<std::pair<void*, uint32_t>> queue;
+  std::atomic<int> producers_done{0};
+  std::atomic<bool> ok{true};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kProducers; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(t);
+      for (int i = 0; i < kPerProducer; ++i) {
+        uint32_t tag = static_cast<uint32_t>(rng());
+        void* p = Checked::make(rng() % 2000, tag);
+        std::lock_guard<std::mutex> g(lock);
+        queue.emplace_back(p, tag);
+      }
+      ++producers_done;
+    });
+  }
+  // Two consumers free everything.
+  for (int c = 0; c < 2; ++c) {
+    threads.emplace_back([&] {
+      std::vector<std::pair<void*, uint32_t>> mine;
+      for (;;) {
+        bool done = producers_done == kProducers;
+        {
+          std::lock_guard<std::mutex> g(lock);
+          mine.swap(queue);
+        }
+        for (auto& [p, tag] : mine) {
+          if (!Checked::check(p, tag)) ok = false;
+          free(p);
+        }
+        if (mine.empty() && done) break;
+        mine.clear();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  REQUIRE(ok);
+}
+
+TEST_CASE("blocks outlive the thread that allocated them") {
+  std::vector<void*> blocks(64);
+  for (int round = 0; round < 50; ++round) {
+    std::thread([&] {
+      for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = Checked::make(i * 100, static_cast<uint32_t>(i));
+    }).join();
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      REQUIRE(Checked::check(blocks[i], static_cast<uint32_t>(i)));
+      free(blocks[i]);
+    }
+  }
+}
+
+namespace {
+std::atomic<int> destructor_ran{0};
+struct AllocatesInDestructor {
+  void* held = malloc(100);
+  ~AllocatesInDestructor() {
+    void* p = malloc(5000);
+    memset(p, 1, 5000);
+    free(p);
+    free(held);
+    ++destructor_ran;
+  }
+};
+thread_local AllocatesInDestructor tls_object;
+
+pthread_key_t key;
+void key_destructor(void* value) {
+  free(value);
+  void* p = calloc(10, 10);
+  free(p);
+  ++destructor_ran;
+}
+}  // namespace
+
+TEST_CASE("malloc and free inside thread_local and pthread-key destructors at thread exit") {
+  REQUIRE(pthread_key_create(&key, key_destructor) == 0);
+  destructor_ran = 0;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 20; ++i) {
+    threads.emplace_back([] {
+      memset(tls_object.held, 3, 100);
+      pthread_setspecific(key, malloc(64));
+    });
+  }
+  for (auto& th : threads) th.join();
+  REQUIRE(destructor_ran == 40);
+  pthread_key_delete(key);
+}
+
+TEST_CASE("many short-lived threads") {
+  std::atomic<bool> ok{true};
+  for (int round = 0; round < 100; ++round) {
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 8; ++i) {
+      threads.emplace_back([&ok, i] {
+        void* p = Checked::make(100 + i, 7);
+        if (!Checked::check(p, 7)) ok = false;
+        free(p);
+      });
+    }
+    for (auto& th : threads) th.join();
+  }
+  REQUIRE(ok);
+}

@@ -1,0 +1,65 @@
+// Central free lists: batches of distinct, aligned objects; spans taken and given back.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+#include <vector>
+
+#include "central_free_list.h"
+#include "span_map.h"
+
+using namespace fastmalloc;
+
+namespace {
+void check_objects(unsigned cls, const std::vector<void*>& objects) {
+  const SizeClass& sc = size_class(cls);
+  std::set<uintptr_t> seen;
+  for (void* p : objects) {
+    uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    Span* span = g_span_map.lookup(a);
+    REQUIRE(span != nullptr);
+    REQUIRE(span->state == SpanState::kSmall);
+    REQUIRE(span->size_class == cls);
+    REQUIRE((a - span->start) % sc.size == 0);
+    if (sc.size >= 16) REQUIRE(a % 16 == 0);
+    REQUIRE(seen.insert(a).second);
+  }
+  // No two objects overlap: sorted, each ends before the next starts.
+  std::vector<uintptr_t> sorted(seen.begin(), seen.end());
+  for (size_t i = 1; i < sorted.size(); ++i) REQUIRE(sorted[i] - sorted[i - 1] >= sc.size);
+}
+}  // namespace
+
+TEST_CASE("central lists hand out distinct objects of their class, across several spans") {
+  for (unsigned cls : {1u, 2u, 9u, 10u, 30u, kNumClasses - 1}) {
+    INFO("class " << cls);
+    CentralFreeList list(cls);
+    const SizeClass& sc = size_class(cls);
+    int want = static_cast<int>(sc.objects) * 3 + 1;  // spills into a fourth span
+    std::vector<void*> objects(want);
+    REQUIRE(list.allocate_batch(objects.data(), want) == want);
+    check_objects(cls, objects);
+    for (void* p : objects) memset(p, 0xcd, sc.size);
+    CentralStats s = list.stats();
+    REQUIRE(s.live_objects == static_cast<uint64_t>(want));
+    REQUIRE(s.spans == 4);
+    REQUIRE(s.span_misses == 4);
+
+    for (void* p : objects) list.deallocate(g_span_map.lookup(reinterpret_cast<uintptr_t>(p)), p, "test");
+    s = list.stats();
+    REQUIRE(s.live_objects == 0);
+    REQUIRE(s.spans == 1);  // empty spans went back to the page heap, but one is kept
+  }
+}
+
+TEST_CASE("central lists reuse returned objects before carving new ones") {
+  CentralFreeList list(5);
+  void* batch[4];
+  REQUIRE(list.allocate_batch(batch, 4) == 4);
+  list.deallocate(g_span_map.lookup(reinterpret_cast<uintptr_t>(batch[2])), batch[2], "test");
+  void* again;
+  REQUIRE(list.allocate_batch(&again, 1) == 1);
+  REQUIRE(again == batch[2]);
+  REQUIRE(list.stats().span_misses == 1);
+}

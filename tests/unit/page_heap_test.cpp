@@ -1,0 +1,122 @@
+// The page heap: exact sizes, splitting, coalescing with both neighbours, large mappings.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+
+#include "page_heap.h"
+
+using namespace fastmalloc;
+
+namespace {
+// Each test uses its own heap and span map (1 MiB each: static, not on the stack); the
+// descriptor pool is the process's.
+Span* take(PageHeap& heap, size_t pages) {
+  Span* s = heap.allocate(pages);
+  REQUIRE(s != nullptr);
+  REQUIRE(s->pages() == pages);
+  REQUIRE(s->start % kPageSize == 0);
+  s->state = SpanState::kSmall;  // what a central list does when it takes one
+  return s;
+}
+}  // namespace
+
+TEST_CASE("page heap hands out spans recorded on every page") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  Span* s = take(heap, 5);
+  for (size_t i = 0; i < 5; ++i) REQUIRE(map.lookup(s->start + i * kPageSize + 17) == s);
+  memset(reinterpret_cast<void*>(s->start), 0xab, s->bytes);
+  heap.deallocate(s);
+}
+
+TEST_CASE("page heap splits one chunk and coalesces neighbours back into it") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  Span* a = take(heap, 3);
+  Span* b = take(heap, 4);
+  Span* c = take(heap, 5);
+  // Carved one after the other from the same chunk.
+  REQUIRE(b->start == a->end());
+  REQUIRE(c->start == b->end());
+  PageHeapStats before = heap.stats();
+  REQUIRE(before.free_spans == 1);  // the rest of the chunk
+
+  uintptr_t a_start = a->start;
+  heap.deallocate(a);
+  heap.deallocate(c);  // merges with the free rest of the chunk on its right
+  REQUIRE(heap.stats().free_spans == 2);
+  heap.deallocate(b);  // merges with both neighbours
+  PageHeapStats after = heap.stats();
+  REQUIRE(after.free_spans == 1);
+  REQUIRE(after.free_bytes == after.system_bytes);
+
+  // The whole chunk is one span again: a request for all of it is served without growing.
+  Span* whole = take(heap, after.system_bytes / kPageSize);
+  REQUIRE(whole->start == a_start);
+  REQUIRE(heap.stats().system_bytes == after.system_bytes);
+  heap.deallocate(whole);
+}
+
+TEST_CASE("page heap reuses a freed span of the right size before growing") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  Span* keep = take(heap, 1);
+  Span* a = take(heap, 2);
+  Span* guard = take(heap, 1);  // keeps a from merging with the chunk's rest
+  uintptr_t a_start = a->start;
+  heap.deallocate(a);
+  Span* again = take(heap, 2);
+  REQUIRE(again->start == a_start);
+  heap.deallocate(again);
+  heap.deallocate(guard);
+  heap.deallocate(keep);
+}
+
+TEST_CASE("page heap grows for requests larger than a chunk") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  Span* big = take(heap, 300);
+  REQUIRE(heap.stats().system_bytes >= 300 * kPageSize);
+  memset(reinterpret_cast<void*>(big->start), 1, big->bytes);
+  heap.deallocate(big);
+}
+
+TEST_CASE("page heap releases free pages to the OS and counts them") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  Span* s = take(heap, 8);
+  memset(reinterpret_cast<void*>(s->start), 0x5a, s->bytes);
+  heap.deallocate(s);
+  size_t released = heap.release_free_pages();
+  REQUIRE(released == heap.stats().free_bytes);
+  REQUIRE(heap.stats().released_bytes == released);
+  REQUIRE(heap.release_free_pages() == 0);  // nothing new to release
+  Span* again = take(heap, 8);
+  REQUIRE(reinterpret_cast<unsigned char*>(again->start)[100] == 0);  // released pages read zero
+  REQUIRE(heap.stats().released_bytes == released - again->bytes);
+  heap.deallocate(again);
+}
+
+TEST_CASE("large mappings are aligned, recorded at their first page, and resizable") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  Span* s = heap.map_large(3 * 1024 * 1024 + 5, 1 << 20);
+  REQUIRE(s != nullptr);
+  REQUIRE(s->start % (1 << 20) == 0);
+  REQUIRE(s->bytes >= 3 * 1024 * 1024 + 5);
+  REQUIRE(map.lookup(s->start) == s);
+  REQUIRE(heap.stats().large_count == 1);
+  memset(reinterpret_cast<void*>(s->start), 7, s->bytes);
+
+  REQUIRE(heap.remap_large(s, 64 * 1024 * 1024));
+  REQUIRE(s->bytes == 64 * 1024 * 1024);
+  REQUIRE(map.lookup(s->start) == s);
+  REQUIRE(reinterpret_cast<unsigned char*>(s->start)[3 * 1024 * 1024] == 7);
+  REQUIRE(heap.stats().large_bytes == 64 * 1024 * 1024);
+
+  uintptr_t start = s->start;
+  heap.unmap_large(s);
+  REQUIRE(map.lookup(start) == nullptr);
+  REQUIRE(heap.stats().large_count == 0);
+  REQUIRE(heap.stats().large_bytes == 0);
+}

@@ -1,0 +1,57 @@
+// Size classes: every size round-trips to the smallest class that holds it, the waste bound,
+// alignment, and span geometry.
+#include <catch2/catch.hpp>
+
+#include "size_classes.h"
+
+using namespace fastmalloc;
+
+TEST_CASE("every small size maps to the smallest class that holds it") {
+  for (size_t size = 0; size <= kMaxSmallSize; ++size) {
+    unsigned cls = size_to_class(size);
+    REQUIRE(cls >= 1);
+    REQUIRE(cls < kNumClasses);
+    REQUIRE(size_class(cls).size >= size);
+    if (cls > 1) REQUIRE(size_class(cls - 1).size < size);
+  }
+}
+
+TEST_CASE("classes grow strictly and end at kMaxSmallSize") {
+  for (unsigned cls = 2; cls < kNumClasses; ++cls) REQUIRE(size_class(cls).size > size_class(cls - 1).size);
+  REQUIRE(size_class(kNumClasses - 1).size == kMaxSmallSize);
+}
+
+TEST_CASE("rounding wastes less than a quarter above 128 bytes, and under 16 bytes below") {
+  for (size_t size = 1; size <= kMaxSmallSize; ++size) {
+    size_t waste = size_class(size_to_class(size)).size - size;
+    if (size <= 128) REQUIRE(waste < 16);
+    else REQUIRE(waste * 4 < size);
+  }
+}
+
+TEST_CASE("classes from 16 up are multiples of 16, and every power of two is a class") {
+  for (unsigned cls = 2; cls < kNumClasses; ++cls) REQUIRE(size_class(cls).size % 16 == 0);
+  for (size_t p = 8; p <= kMaxSmallSize; p *= 2) REQUIRE(size_class(size_to_class(p)).size == p);
+}
+
+TEST_CASE("spans hold their objects with at most 1/8 left over") {
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    const SizeClass& sc = size_class(cls);
+    size_t bytes = sc.pages * kPageSize;
+    INFO("class " << cls << " size " << sc.size);
+    REQUIRE(sc.objects >= 1);
+    REQUIRE(sc.objects == bytes / sc.size);
+    REQUIRE(bytes - sc.objects * sc.size <= bytes / 8);
+  }
+}
+
+TEST_CASE("object boundaries are recognized exactly") {
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    const SizeClass& sc = size_class(cls);
+    uint64_t span_bytes = uint64_t{sc.pages} * kPageSize;
+    for (uint64_t offset = 0; offset < span_bytes; offset += (sc.size < 64 ? 1 : 7)) {
+      INFO("class " << cls << " offset " << offset);
+      REQUIRE(is_object_boundary(cls, offset) == (offset % sc.size == 0));
+    }
+  }
+}
