@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""Runs every benchmark workload under each allocator and reports how they compare.
+
+Allocators are interleaved round by round (each round in a rotated order) and every cell is the
+median of its repetitions, so a machine that drifts during the run favours no allocator. Writes
+results.md, results.csv and PNG plots (gnuplot) into the output directory. Called by
+scripts/bench.sh, which installs and builds what this needs.
+"""
+import argparse
+import csv
+import datetime
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+
+LIBDIR = "/usr/lib/x86_64-linux-gnu"
+BASELINES = {
+    "glibc": None,
+    "jemalloc": f"{LIBDIR}/libjemalloc.so.2",
+    "mimalloc": f"{LIBDIR}/libmimalloc.so.2",
+    "tcmalloc": f"{LIBDIR}/libtcmalloc_minimal.so.4",
+}
+ORDER = ["glibc", "jemalloc", "mimalloc", "tcmalloc", "fastmalloc"]
+COLORS = {"glibc": "#555555", "jemalloc": "#1f77b4", "mimalloc": "#2ca02c", "tcmalloc": "#ff7f0e",
+          "fastmalloc": "#d62728"}
+QUICK_SCALE = 0.03
+
+
+def parse_args(argv, ncpu):
+    p = argparse.ArgumentParser(
+        prog="bench.sh",
+        description="Compare fastmalloc with glibc, jemalloc, mimalloc and tcmalloc.")
+    p.add_argument("--quick", action="store_true",
+                   help="every workload once, small sizes, few thread counts (a smoke test)")
+    p.add_argument("--allocators", help="comma-separated subset of: " + ",".join(ORDER))
+    p.add_argument("--workloads", help="comma-separated subset of the workloads (alloc_bench --list)")
+    p.add_argument("--threads", help="comma-separated thread counts (default: 1..CPUs, then 4x, 8x, 16x, 32x CPUs)")
+    p.add_argument("--reps", type=int, help="repetitions per cell (default 3; 1 with --quick)")
+    p.add_argument("--scale", type=float, help="work per run, relative to the default (default 1)")
+    p.add_argument("--pin", action="store_true", help="pin threads to processing units (hwloc)")
+    p.add_argument("--out", default="build/bench", help="output directory (default build/bench)")
+    p.add_argument("--build", default="build", help="the build directory (default build)")
+    a = p.parse_args(argv)
+
+    def listing(text, allowed, what):
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [x for x in items if x not in allowed]
+        if bad or not items:
+            p.error(f"unknown {what}: {','.join(bad) or '(empty)'}; choose from {','.join(allowed)}")
+        return items
+
+    a.allocators = listing(a.allocators, ORDER, "allocator") if a.allocators else ORDER
+    workloads = subprocess.run([os.path.join(a.build, "bench", "alloc_bench"), "--list"],
+                               check=True, capture_output=True, text=True).stdout
+    names = [line.split("\t")[0] for line in workloads.splitlines()]
+    a.descriptions = dict(line.split("\t", 1) for line in workloads.splitlines())
+    a.workloads = listing(a.workloads, names, "workload") if a.workloads else names
+    if a.threads:
+        try:
+            a.threads = [int(x) for x in a.threads.split(",")]
+        except ValueError:
+            p.error(f"--threads takes whole numbers: {a.threads}")
+        if any(t < 1 for t in a.threads):
+            p.error("--threads: each count must be at least 1")
+    elif a.quick:
+        a.threads = sorted({1, ncpu, 4 * ncpu})
+    else:
+        a.threads = list(range(1, ncpu + 1)) + [4 * ncpu, 8 * ncpu, 16 * ncpu, 32 * ncpu]
+    if a.reps is None:
+        a.reps = 1 if a.quick else 3
+    if a.reps < 1:
+        p.error("--reps must be at least 1")
+    if a.scale is None:
+        a.scale = QUICK_SCALE if a.quick else 1.0
+    if a.scale <= 0:
+        p.error("--scale must be positive")
+    return a
+
+
+def run_one(args, allocator, workload, threads):
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    lib = (os.path.abspath(os.path.join(args.build, "libfastmalloc.so"))
+           if allocator == "fastmalloc" else BASELINES[allocator])
+    if lib:
+        env["LD_PRELOAD"] = lib
+    cmd = [os.path.join(args.build, "bench", "alloc_bench"), "--workload", workload,
+           "--threads", str(threads), "--scale", str(args.scale)]
+    if args.pin:
+        cmd.append("--pin")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{allocator} {workload} t={threads} failed ({proc.returncode}): "
+                           f"{proc.stderr.strip()[-300:]}")
+    line = proc.stdout.strip().splitlines()[-1]
+    return dict(kv.split("=", 1) for kv in line.split())
+
+
+def main():
+    ncpu = os.cpu_count() or 1
+    args = parse_args(sys.argv[1:], ncpu)
+    for name in args.allocators:
+        lib = BASELINES.get(name)
+        if lib and not os.path.exists(lib):
+            sys.exit(f"bench: {name} is not installed ({lib})")
+    os.makedirs(args.out, exist_ok=True)
+    topology = subprocess.run([os.path.join(args.build, "bench", "alloc_bench"), "--topology"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    command = "bash scripts/bench.sh " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    print(f"machine: {topology}")
+    print(f"command: {command}")
+
+    cells = [(w, t) for w in args.workloads for t in (args.threads if w != "idle256" else [1])]
+    total = len(cells) * len(args.allocators) * args.reps
+    samples = {}  # (allocator, workload, threads) -> list of result dicts
+    done = 0
+    failures = []
+    for rep in range(args.reps):
+        for i, (workload, threads) in enumerate(cells):
+            shift = (rep + i) % len(args.allocators)
+            for allocator in args.allocators[shift:] + args.allocators[:shift]:
+                done += 1
+                sys.stderr.write(f"\r[{done:4d}/{total}] rep {rep + 1} {workload:<11} threads={threads:<4} "
+                                 f"{allocator:<10}")
+                sys.stderr.flush()
+                try:
+                    samples.setdefault((allocator, workload, threads), []).append(
+                        run_one(args, allocator, workload, threads))
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    failures.append(str(e))
+    sys.stderr.write("\n")
+
+    rows = []
+    for (allocator, workload, threads), runs in samples.items():
+        rows.append({
+            "allocator": allocator, "workload": workload, "threads": threads,
+            "ops_per_sec": statistics.median(float(r["ops_per_sec"]) for r in runs),
+            "peak_rss_kb": statistics.median(int(r["peak_rss_kb"]) for r in runs),
+            "idle_rss_kb": statistics.median(int(r["idle_rss_kb"]) for r in runs) if "idle_rss_kb" in runs[0] else "",
+            "reps": len(runs),
+        })
+    rows.sort(key=lambda r: (args.workloads.index(r["workload"]), r["threads"], ORDER.index(r["allocator"])))
+    write_csv(args, rows)
+    report = render(args, rows, topology, command)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(report)
+    print(report)
+    plot(args, rows)
+    if failures:
+        print("FAILED runs:\n  " + "\n  ".join(failures))
+        sys.exit(1)
+    expected = len(cells) * len(args.allocators)
+    if len(rows) != expected:
+        sys.exit(f"bench: {len(rows)} of {expected} cells have results")
+    print(f"bench: {len(rows)} cells, {done} runs; wrote {args.out}/results.md, results.csv and plots")
+
+
+def write_csv(args, rows):
+    with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["allocator", "workload", "threads", "ops_per_sec", "peak_rss_kb",
+                                          "idle_rss_kb", "reps"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def fmt_rate(x):
+    return f"{x / 1e6:.2f}M" if x >= 1e5 else f"{x / 1e3:.1f}k"
+
+
+def render(args, rows, topology, command):
+    by = {(r["allocator"], r["workload"], r["threads"]): r for r in rows}
+    out = [f"# Allocator benchmark\n",
+           f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+           f"- machine: {topology}",
+           f"- command: `{command}`",
+           f"- cells are medians of {args.reps} run(s); allocators interleaved round by round; scale {args.scale}",
+           "",
+           "Throughput is operations per second (M = millions), higher is better. `/glibc` is the",
+           "allocator's throughput over glibc's; `/best other` is over the best of the other allocators",
+           "in the run (above 1.00: this allocator is the fastest in that row).",
+           ""]
+    for workload in args.workloads:
+        threads_list = sorted({r["threads"] for r in rows if r["workload"] == workload})
+        out.append(f"## {workload}: {args.descriptions.get(workload, '')}\n")
+        if workload == "idle256":
+            out.append("| allocator | RSS of 256 idle threads (KiB) | /glibc |")
+            out.append("|---|---|---|")
+            base = by.get(("glibc", workload, 1))
+            for a in args.allocators:
+                r = by.get((a, workload, 1))
+                if r:
+                    ratio = f"{r['idle_rss_kb'] / base['idle_rss_kb']:.2f}" if base else "-"
+                    out.append(f"| {a} | {r['idle_rss_kb']:.0f} | {ratio} |")
+            out.append("")
+            continue
+        out.append("| threads | " + " | ".join(args.allocators) + " | " +
+                   " | ".join(f"{a} /glibc | {a} /best other" for a in args.allocators if a != "glibc") + " |")
+        out.append("|---" * (1 + len(args.allocators) + 2 * len([a for a in args.allocators if a != "glibc"])) + "|")
+        for t in threads_list:
+            cells = {a: by[(a, workload, t)]["ops_per_sec"] for a in args.allocators if (a, workload, t) in by}
+            line = [str(t)] + [fmt_rate(cells[a]) if a in cells else "-" for a in args.allocators]
+            for a in args.allocators:
+                if a == "glibc":
+                    continue
+                g = cells.get("glibc")
+                others = [v for k, v in cells.items() if k != a]
+                line.append(f"{cells[a] / g:.2f}" if a in cells and g else "-")
+                line.append(f"{cells[a] / max(others):.2f}" if a in cells and others else "-")
+            out.append("| " + " | ".join(line) + " |")
+        out.append("")
+        out.append("Peak RSS (MiB): " + ", ".join(
+            f"{a} {max(by[(a, workload, t)]['peak_rss_kb'] for t in threads_list if (a, workload, t) in by) / 1024:.1f}"
+            for a in args.allocators if any((a, workload, t) in by for t in threads_list)))
+        out.append("")
+    out.append("Plots: `throughput_<workload>.png` (ops/s against threads, one line per allocator) and "
+               "`rss.png` (peak RSS per workload).")
+    return "\n".join(out) + "\n"
+
+
+def plot(args, rows):
+    try:
+        subprocess.run(["gnuplot", "--version"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        print("bench: gnuplot not found; no plots")
+        return
+    out = os.path.abspath(args.out)
+    for workload in args.workloads:
+        if workload == "idle256":
+            continue
+        datafile = os.path.join(out, f"throughput_{workload}.dat")
+        threads_list = sorted({r["threads"] for r in rows if r["workload"] == workload})
+        by = {(r["allocator"], r["threads"]): r["ops_per_sec"] for r in rows if r["workload"] == workload}
+        with open(datafile, "w") as f:
+            f.write("threads " + " ".join(args.allocators) + "\n")
+            for t in threads_list:
+                f.write(f"{t} " + " ".join(f"{by.get((a, t), float('nan')) / 1e6:.4f}" for a in args.allocators) + "\n")
+        lines = ", ".join(f"'{datafile}' using 1:{i + 2} with linespoints lw {4 if a == 'fastmalloc' else 2} "
+                          f"lc rgb '{COLORS[a]}' title '{a}'" for i, a in enumerate(args.allocators))
+        script = (f"set terminal pngcairo size 900,540 font 'sans,11'\n"
+                  f"set output '{out}/throughput_{workload}.png'\n"
+                  f"set title '{workload}: {args.descriptions.get(workload, '')}'\n"
+                  f"set xlabel 'threads'\nset ylabel 'million operations per second'\n"
+                  f"set logscale x 2\nset key outside right\nset grid\nset yrange [0:*]\n"
+                  f"plot {lines}\n")
+        subprocess.run(["gnuplot"], input=script, text=True, check=True)
+    # Peak RSS per workload, at the largest thread count each workload ran with.
+    datafile = os.path.join(out, "rss.dat")
+    with open(datafile, "w") as f:
+        f.write("workload " + " ".join(args.allocators) + "\n")
+        for workload in args.workloads:
+            vals = []
+            for a in args.allocators:
+                rs = [r for r in rows if r["workload"] == workload and r["allocator"] == a]
+                key = "idle_rss_kb" if workload == "idle256" else "peak_rss_kb"
+                vals.append(f"{max(float(r[key]) for r in rs) / 1024:.2f}" if rs else "nan")
+            f.write(workload + " " + " ".join(vals) + "\n")
+    cols = ", ".join(f"'{datafile}' using {i + 2}:xtic(1) lc rgb '{COLORS[a]}' title '{a}'"
+                     for i, a in enumerate(args.allocators))
+    script = (f"set terminal pngcairo size 1100,540 font 'sans,11'\nset output '{out}/rss.png'\n"
+              f"set title 'Peak RSS per workload (largest thread count; idle256: RSS while idle)'\n"
+              f"set style data histograms\nset style histogram clustered gap 1\nset style fill solid 0.8\n"
+              f"set ylabel 'MiB'\nset logscale y\nset xtics rotate by -30\nset key outside right\nset grid ytics\n"
+              f"plot {cols}\n")
+    subprocess.run(["gnuplot"], input=script, text=True, check=True)
+
+
+if __name__ == "__main__":
+    main()
