@@ -20,7 +20,6 @@ Span* CentralFreeList::new_span() {
   span->free_objects = nullptr;
   span->never_used = span->start;
   span->live = 0;
-  span->state = SpanState::kSmall;
   nonempty_.push_front(span);
   store(spans_, load(spans_) + 1);
   store(span_misses_, load(span_misses_) + 1);

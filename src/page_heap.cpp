@@ -72,6 +72,7 @@ Span* PageHeap::allocate(size_t pages) {
     insert_free(rest);
   }
   map_.set_range(span->start, span->bytes, span);
+  span->state = SpanState::kSmall;
   span->released = false;
   span->on_list = false;
   return span;

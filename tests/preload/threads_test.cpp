@@ -198,3 +198,32 @@ TEST_CASE("many short-lived threads") {
   }
   REQUIRE(ok);
 }
+
+TEST_CASE("oversubscribed span churn: spans move between the page heap and the classes") {
+  // Many more threads than CPUs, each taking and returning whole spans (large classes, few
+  // objects per span), so threads are preempted inside page-heap and central-list work.
+  constexpr int kThreads = 32, kRounds = 300;
+  std::atomic<bool> ok{true};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([t, &ok] {
+      std::mt19937_64 rng(99 + t);
+      void* held[6] = {};
+      uint32_t tags[6] = {};
+      for (int round = 0; round < kRounds; ++round) {
+        for (int i = 0; i < 6; ++i) {
+          if (held[i] != nullptr && !Checked::check(held[i], tags[i])) ok = false;
+          free(held[i]);
+          tags[i] = static_cast<uint32_t>(rng());
+          held[i] = Checked::make(16384 + rng() % 200000, tags[i]);
+        }
+      }
+      for (int i = 0; i < 6; ++i) {
+        if (!Checked::check(held[i], tags[i])) ok = false;
+        free(held[i]);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  REQUIRE(ok);
+}

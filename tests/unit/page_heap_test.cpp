@@ -15,7 +15,7 @@ Span* take(PageHeap& heap, size_t pages) {
   REQUIRE(s != nullptr);
   REQUIRE(s->pages() == pages);
   REQUIRE(s->start % kPageSize == 0);
-  s->state = SpanState::kSmall;  // what a central list does when it takes one
+  REQUIRE(s->state == SpanState::kSmall);
   return s;
 }
 }  // namespace
@@ -119,4 +119,22 @@ TEST_CASE("large mappings are aligned, recorded at their first page, and resizab
   REQUIRE(map.lookup(start) == nullptr);
   REQUIRE(heap.stats().large_count == 0);
   REQUIRE(heap.stats().large_bytes == 0);
+}
+
+TEST_CASE("a span just handed out is never merged into a neighbour that is freed") {
+  // The bug this guards against: allocate() returned spans still marked free, so a neighbour
+  // freed before the caller marked its span could swallow it.
+  static SpanMap map;
+  static PageHeap heap(map);
+  Span* a = heap.allocate(2);
+  Span* b = heap.allocate(3);
+  REQUIRE(b->start == a->end());
+  uintptr_t a_start = a->start;
+  size_t a_bytes = a->bytes;
+  heap.deallocate(b);
+  REQUIRE(a->start == a_start);
+  REQUIRE(a->bytes == a_bytes);
+  REQUIRE(a->state == SpanState::kSmall);
+  REQUIRE(map.lookup(a_start) == a);
+  heap.deallocate(a);
 }
