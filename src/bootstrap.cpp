@@ -6,11 +6,13 @@
 #include <pthread.h>
 
 #include "central_free_list.h"
+#include "cpu_cache.h"
 #include "meta_arena.h"
 #include "options.h"
 #include "page_heap.h"
 #include "report.h"
 #include "span_map.h"
+#include "transfer_cache.h"
 
 namespace fastmalloc {
 
@@ -19,6 +21,8 @@ namespace {
 // Fork: the child must find every lock free and every structure consistent, so the parent takes
 // all of them, in the lock order of front_end.cpp, before the fork.
 void before_fork() {
+  cache_lock_all();
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) transfer_cache(cls).lock().lock();
   for (unsigned cls = 1; cls < kNumClasses; ++cls) central_list(cls).lock().lock();
   g_page_heap.lock().lock();
   g_span_map.lock().lock();
@@ -30,6 +34,8 @@ void after_fork_in_parent() {
   g_span_map.lock().unlock();
   g_page_heap.lock().unlock();
   for (unsigned cls = kNumClasses - 1; cls >= 1; --cls) central_list(cls).lock().unlock();
+  for (unsigned cls = kNumClasses - 1; cls >= 1; --cls) transfer_cache(cls).lock().unlock();
+  cache_unlock_all();
 }
 
 // The child's only thread is the one that forked, which held every lock: none has waiters.
@@ -38,6 +44,8 @@ void after_fork_in_child() {
   g_span_map.lock().reset_after_fork();
   g_page_heap.lock().reset_after_fork();
   for (unsigned cls = 1; cls < kNumClasses; ++cls) central_list(cls).lock().reset_after_fork();
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) transfer_cache(cls).lock().reset_after_fork();
+  cache_reset_locks_after_fork();
 }
 
 __attribute__((constructor(101))) void on_load() {

@@ -2,6 +2,7 @@
 #include "central_free_list.h"
 
 #include "os/message.h"
+#include "span_map.h"
 
 namespace fastmalloc {
 
@@ -56,17 +57,15 @@ int CentralFreeList::allocate_batch(void** out, int n) {
   return got;
 }
 
-void CentralFreeList::deallocate(Span* span, void* p, const char* call) {
-  LockGuard guard(lock_);
-  // Checked again under the lock: the span cannot change class while we hold it.
-  if (span->state != SpanState::kSmall || span->size_class != size_class_ || span->live == 0) {
+void CentralFreeList::push(Span* span, void* p) {
+  // Checked under the lock: the span cannot change class while we hold it.
+  if (span == nullptr || span->state != SpanState::kSmall || span->size_class != size_class_ || span->live == 0) {
     lock_.unlock();
-    os::fatal_misuse(call, p, "double free or invalid pointer");
+    os::fatal_misuse("free", p, "double free or invalid pointer");
   }
   *static_cast<void**>(p) = span->free_objects;
   span->free_objects = p;
   --span->live;
-  store(live_, load(live_) - 1);
   if (!span->on_list) nonempty_.push_front(span);
   // An empty span goes back to the page heap, unless it is the class's only one: a program that
   // allocates and frees one object in a loop should not take a span each time.
@@ -75,6 +74,12 @@ void CentralFreeList::deallocate(Span* span, void* p, const char* call) {
     store(spans_, load(spans_) - 1);
     g_page_heap.deallocate(span);
   }
+}
+
+void CentralFreeList::deallocate_batch(void* const* objects, int n) {
+  LockGuard guard(lock_);
+  for (int i = 0; i < n; ++i) push(g_span_map.lookup(reinterpret_cast<uintptr_t>(objects[i])), objects[i]);
+  store(live_, load(live_) - static_cast<uint64_t>(n));
 }
 
 CentralStats CentralFreeList::stats() const {

@@ -30,9 +30,9 @@ class CentralFreeList {
   // Up to n objects into out[]; returns how many (0 only when out of memory).
   int allocate_batch(void** out, int n);
 
-  // Returns object p, which lies in `span` (a span of this class). Aborts on a detectable double
-  // free; `call` names the API call for the report.
-  void deallocate(Span* span, void* p, const char* call);
+  // Returns n objects of this class (their spans are found through the span map). Aborts on a
+  // detectable double free: an object whose span has no live object.
+  void deallocate_batch(void* const* objects, int n);
 
   CentralStats stats() const;
   Mutex& lock() { return lock_; }
@@ -40,6 +40,7 @@ class CentralFreeList {
  private:
   Span* new_span();
   void* pop(Span* span);
+  void push(Span* span, void* p);
 
   Mutex lock_;
   SpanList nonempty_;  // spans with at least one free object

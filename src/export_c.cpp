@@ -7,11 +7,13 @@
 #include <malloc.h>
 
 #include "base.h"
+#include "cpu_cache.h"
 #include "front_end.h"
 #include "fastmalloc.h"
 #include "os/os.h"
 #include "page_heap.h"
 #include "report.h"
+#include "transfer_cache.h"
 
 using namespace fastmalloc;
 
@@ -98,7 +100,12 @@ FM_EXPORT int __posix_memalign(void** out, size_t align, size_t size) noexcept {
   return posix_memalign(out, align, size);
 }
 
-FM_EXPORT int malloc_trim(size_t) noexcept { return g_page_heap.release_free_pages() > 0 ? 1 : 0; }
+// Everything the caches hold goes back to the spans, and every free page to the OS.
+FM_EXPORT int malloc_trim(size_t) noexcept {
+  cache_drain_all();
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) transfer_cache(cls).drain();
+  return g_page_heap.release_free_pages() > 0 ? 1 : 0;
+}
 
 FM_EXPORT struct mallinfo2 mallinfo2() noexcept {
   Totals t = gather_totals();
@@ -108,7 +115,7 @@ FM_EXPORT struct mallinfo2 mallinfo2() noexcept {
   info.hblks = t.large_count;
   info.hblkhd = t.large_bytes;
   info.uordblks = t.small_in_use_bytes;
-  info.fordblks = t.heap_free_bytes + t.small_free_bytes;
+  info.fordblks = t.heap_free_bytes + t.small_free_bytes + t.cpu_cache_bytes + t.transfer_cache_bytes;
   info.keepcost = t.heap_free_bytes - t.heap_released_bytes;
   return info;
 }

@@ -2,22 +2,34 @@
 //
 // CALL TREE
 //   allocate(size)
-//     size <= kMaxSmallSize: allocate_small(class)  -> central_list(class).allocate_batch(1)
-//                                                        -> new_span() -> PageHeap::allocate()
-//     otherwise:             allocate_large()         -> PageHeap::map_large() (its own mapping)
+//     size <= kMaxSmallSize: allocate_small(class)
+//        fast: cache_pop (rseq pop on this CPU's slab)
+//        miss: cache_refill_pop -> TransferCache::remove -> CentralFreeList::allocate_batch
+//                                                          -> PageHeap::allocate
+//     otherwise:             allocate_large()  -> PageHeap::map_large() (its own mapping)
 //   deallocate(p)
 //     span_of(p) (span map lookup, no lock) -> validate p against the span
-//     small: central_list(class).deallocate()  -> empty span: PageHeap::deallocate()
+//     small: deallocate_small(class, p)
+//        fast: cache_push (rseq push on this CPU's slab)
+//        miss: cache_overflow_push -> TransferCache::insert -> CentralFreeList::deallocate_batch
+//                                                             -> empty span: PageHeap::deallocate
 //     large: PageHeap::unmap_large()
-// The per-CPU caches (next step) slot in at allocate_small / deallocate_small: they hold objects
-// and move them to and from the central lists in batches.
 //
 // SYNCHRONIZATION
 //   size-class table, options   immutable after startup (options parse once, atomic flag)
+//   per-CPU slab                rseq: a critical section owns the slab of the CPU (or mm_cid)
+//                               it runs on, from its first load to its one commit store;
+//                               setup and drains hold the slab's control lock, and a drain
+//                               stops the slab and fences with membarrier before touching it.
+//                               Locked mode (no rseq): the slab's control lock, always.
+//   PerCpuConfig (g_percpu)     written once at setup under the setup lock; published by a
+//                               release store of `slabs`, which fast paths test first
+//   transfer cache of a class   its TransferCache::lock()
 //   central list of a class     its CentralFreeList::lock(): the nonempty span list, every
 //                               field of the spans the class owns, their free objects
 //   page heap                   PageHeap::lock(): free span bins, span fields of free spans,
-//                               splitting and coalescing, statistics of large blocks
+//                               span state (written only under it), splitting and coalescing,
+//                               statistics of large blocks
 //   span map                    readers take no lock: root entries are published with release
 //                               stores and never change; an entry is written only by the owner
 //                               of the page (the central list or page heap that holds its
@@ -29,7 +41,8 @@
 //                               metadata arena's lock, so a stale one is always readable.
 //   metadata arena              MetaArena::lock()
 // LOCK ORDER (take left before right; never the other way):
-//   central list (by ascending class, only in fork) -> page heap -> span map -> metadata arena
+//   cache setup -> slab control (ascending) -> transfer cache (ascending class)
+//     -> central list (ascending class) -> page heap -> span map -> metadata arena
 #include "front_end.h"
 
 #include <cerrno>
@@ -37,7 +50,7 @@
 #include <cstring>
 
 #include "base.h"
-#include "central_free_list.h"
+#include "cpu_cache.h"
 #include "os/message.h"
 #include "page_heap.h"
 #include "size_classes.h"
@@ -54,8 +67,20 @@ FM_NOINLINE void* out_of_memory() {
 
 FM_ALWAYS_INLINE void* allocate_small(unsigned cls) {
   void* p;
-  if (FM_UNLIKELY(central_list(cls).allocate_batch(&p, 1) == 0)) return out_of_memory();
-  return p;
+  if (FM_LIKELY(cache_pop(cls, &p))) {
+    ++tls_hits.alloc;
+    return p;
+  }
+  p = cache_refill_pop(cls);
+  return FM_LIKELY(p != nullptr) ? p : out_of_memory();
+}
+
+FM_ALWAYS_INLINE void deallocate_small(unsigned cls, void* p) {
+  if (FM_LIKELY(cache_push(cls, p))) {
+    ++tls_hits.free;
+    return;
+  }
+  cache_overflow_push(cls, p);
 }
 
 FM_NOINLINE void* allocate_large(size_t size, size_t align) {
@@ -96,7 +121,7 @@ void deallocate(void* p, const char* call) {
   if (FM_UNLIKELY(p == nullptr)) return;
   Span* span = span_of(p, call);
   if (FM_LIKELY(span->state == SpanState::kSmall)) {
-    central_list(span->size_class).deallocate(span, p, call);
+    deallocate_small(span->size_class, p);
     return;
   }
   int saved_errno = errno;

@@ -55,8 +55,12 @@ Span* PageHeap::grow(size_t pages) {
 Span* PageHeap::allocate(size_t pages) {
   LockGuard guard(lock_);
   Span* span = take_free(pages);
-  if (span == nullptr) span = grow(pages);
-  if (span == nullptr) return nullptr;
+  if (span == nullptr) {
+    span = grow(pages);
+    if (span == nullptr) return nullptr;
+    ++grows_;
+  }
+  ++allocations_;
   remove_free(span);
   if (span->pages() > pages) {
     // Split: the tail stays free under a new descriptor.
@@ -182,7 +186,8 @@ PageHeapStats PageHeap::stats() {
   LockGuard guard(lock_);
   size_t free_spans = 0;
   for (SpanList& bin : bins_) free_spans += bin.length();
-  return PageHeapStats{system_bytes_, free_bytes_, released_bytes_, free_spans, large_count_, large_bytes_};
+  return PageHeapStats{system_bytes_, free_bytes_, released_bytes_, free_spans,
+                       large_count_, large_bytes_, allocations_, grows_};
 }
 
 }  // namespace fastmalloc

@@ -20,6 +20,8 @@ struct PageHeapStats {
   size_t free_spans;
   size_t large_count;     // live large blocks
   size_t large_bytes;     // their mapped bytes
+  uint64_t allocations;   // spans handed out
+  uint64_t grows;         // of those, the ones that had to map more memory first
 };
 
 class PageHeap {
@@ -61,6 +63,7 @@ class PageHeap {
   SpanList bins_[kBins];
   size_t system_bytes_ = 0, free_bytes_ = 0, released_bytes_ = 0;
   size_t large_count_ = 0, large_bytes_ = 0;
+  uint64_t allocations_ = 0, grows_ = 0;
 };
 
 extern PageHeap g_page_heap;

@@ -2,25 +2,44 @@
 #include "report.h"
 
 #include "central_free_list.h"
+#include "cpu_cache.h"
 #include "meta_arena.h"
 #include "os/message.h"
 #include "page_heap.h"
+#include "transfer_cache.h"
 
 namespace fastmalloc {
+
+namespace {
+size_t minus(size_t a, size_t b) { return a > b ? a - b : 0; }  // counters read while threads run
+}  // namespace
 
 Totals gather_totals() {
   Totals t{};
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
     CentralStats c = central_list(cls).stats();
+    TransferStats x = transfer_cache(cls).stats();
     const SizeClass& sc = size_class(cls);
     t.small_live_objects += c.live_objects;
     t.small_in_use_bytes += c.live_objects * sc.size;
+    t.transfer_cache_bytes += x.stocked * sc.size;
     t.small_span_bytes += c.spans * sc.pages * kPageSize;
     t.small_allocations += c.allocations;
     t.span_misses += c.span_misses;
+    t.transfer_hits += x.hits;
+    t.transfer_misses += x.misses;
   }
-  // The counters are read one by one while threads run: clamp what cannot be negative.
-  t.small_free_bytes = t.small_span_bytes > t.small_in_use_bytes ? t.small_span_bytes - t.small_in_use_bytes : 0;
+  CacheStats cache = cache_stats();
+  t.cpu_cache_bytes = cache.cached_bytes;
+  t.cache_alloc_hits = cache.alloc_hits;
+  t.cache_alloc_misses = cache.alloc_misses;
+  t.cache_free_hits = cache.free_hits;
+  t.cache_free_misses = cache.free_misses;
+  t.mode = cache_mode_name(cache_mode());
+  // Objects in the caches count as handed out for the central lists, but the program does not
+  // hold them.
+  t.small_free_bytes = minus(t.small_span_bytes, t.small_in_use_bytes);
+  t.small_in_use_bytes = minus(t.small_in_use_bytes, t.cpu_cache_bytes + t.transfer_cache_bytes);
   PageHeapStats h = g_page_heap.stats();
   t.heap_system_bytes = h.system_bytes;
   t.heap_free_bytes = h.free_bytes;
@@ -28,6 +47,8 @@ Totals gather_totals() {
   t.heap_free_spans = h.free_spans;
   t.large_count = h.large_count;
   t.large_bytes = h.large_bytes;
+  t.heap_allocations = h.allocations;
+  t.heap_grows = h.grows;
   t.metadata_bytes = g_meta_arena.mapped_bytes();
   return t;
 }
@@ -35,13 +56,19 @@ Totals gather_totals() {
 void print_stats() {
   Totals t = gather_totals();
   os::Message m;
-  m.text("fastmalloc: mode=locked\n").flush();
+  m.text("fastmalloc: mode=").text(t.mode).text("\n").flush();
   m.text("fastmalloc: in_use_bytes=").dec(t.small_in_use_bytes + t.large_bytes);
   m.text(" small_in_use_bytes=").dec(t.small_in_use_bytes).text(" large_blocks=").dec(t.large_count);
   m.text(" large_bytes=").dec(t.large_bytes).text("\n").flush();
+  m.text("fastmalloc: cpu_cache: alloc_hits=").dec(t.cache_alloc_hits).text(" alloc_misses=").dec(t.cache_alloc_misses);
+  m.text(" free_hits=").dec(t.cache_free_hits).text(" free_misses=").dec(t.cache_free_misses);
+  m.text(" cached_bytes=").dec(t.cpu_cache_bytes).text("\n").flush();
+  m.text("fastmalloc: transfer_cache: hits=").dec(t.transfer_hits).text(" misses=").dec(t.transfer_misses);
+  m.text(" cached_bytes=").dec(t.transfer_cache_bytes).text("\n").flush();
   m.text("fastmalloc: central: allocations=").dec(t.small_allocations).text(" span_misses=").dec(t.span_misses);
   m.text(" span_bytes=").dec(t.small_span_bytes).text(" free_object_bytes=").dec(t.small_free_bytes).text("\n").flush();
-  m.text("fastmalloc: page_heap: mapped_bytes=").dec(t.heap_system_bytes).text(" free_bytes=").dec(t.heap_free_bytes);
+  m.text("fastmalloc: page_heap: allocations=").dec(t.heap_allocations).text(" grows=").dec(t.heap_grows);
+  m.text(" mapped_bytes=").dec(t.heap_system_bytes).text(" free_bytes=").dec(t.heap_free_bytes);
   m.text(" released_bytes=").dec(t.heap_released_bytes).text(" free_spans=").dec(t.heap_free_spans).text("\n").flush();
   m.text("fastmalloc: metadata_bytes=").dec(t.metadata_bytes).text("\n").flush();
 }
@@ -53,14 +80,15 @@ int write_malloc_info(FILE* out) {
                   "<heap nr=\"0\">\n"
                   "<total type=\"small\" count=\"%zu\" size=\"%zu\"/>\n"
                   "<total type=\"free\" count=\"%zu\" size=\"%zu\"/>\n"
+                  "<total type=\"cached\" size=\"%zu\"/>\n"
                   "<total type=\"mmap\" count=\"%zu\" size=\"%zu\"/>\n"
                   "<system type=\"current\" size=\"%zu\"/>\n"
                   "<aspace type=\"released\" size=\"%zu\"/>\n"
                   "</heap>\n"
                   "<system type=\"metadata\" size=\"%zu\"/>\n"
                   "</malloc>\n",
-                  t.small_live_objects, t.small_in_use_bytes, t.heap_free_spans,
-                  t.heap_free_bytes + t.small_free_bytes, t.large_count, t.large_bytes, t.heap_system_bytes,
+                  t.small_live_objects, t.small_in_use_bytes, t.heap_free_spans, t.heap_free_bytes + t.small_free_bytes,
+                  t.cpu_cache_bytes + t.transfer_cache_bytes, t.large_count, t.large_bytes, t.heap_system_bytes,
                   t.heap_released_bytes, t.metadata_bytes);
   return n < 0 ? -1 : 0;
 }

@@ -9,8 +9,10 @@
 namespace fastmalloc {
 
 struct Totals {
-  size_t small_live_objects;
-  size_t small_in_use_bytes;   // live small objects, at their class size
+  size_t small_live_objects;   // handed out by the central lists (caches included)
+  size_t small_in_use_bytes;   // held by the program: handed out, less what the caches hold
+  size_t cpu_cache_bytes;      // free objects in the per-CPU caches
+  size_t transfer_cache_bytes; // free objects in the transfer caches
   size_t small_free_bytes;     // free objects inside spans that small classes own
   size_t small_span_bytes;     // pages the small classes own
   size_t heap_system_bytes;    // mapped from the OS for small spans
@@ -20,6 +22,10 @@ struct Totals {
   size_t large_count, large_bytes;
   size_t metadata_bytes;
   uint64_t small_allocations, span_misses;
+  uint64_t cache_alloc_hits, cache_alloc_misses, cache_free_hits, cache_free_misses;
+  uint64_t transfer_hits, transfer_misses;
+  uint64_t heap_allocations, heap_grows;
+  const char* mode;
 };
 
 Totals gather_totals();

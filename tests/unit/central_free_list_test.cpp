@@ -46,7 +46,7 @@ TEST_CASE("central lists hand out distinct objects of their class, across severa
     REQUIRE(s.spans == 4);
     REQUIRE(s.span_misses == 4);
 
-    for (void* p : objects) list.deallocate(g_span_map.lookup(reinterpret_cast<uintptr_t>(p)), p, "test");
+    list.deallocate_batch(objects.data(), want);
     s = list.stats();
     REQUIRE(s.live_objects == 0);
     REQUIRE(s.spans == 1);  // empty spans went back to the page heap, but one is kept
@@ -57,7 +57,7 @@ TEST_CASE("central lists reuse returned objects before carving new ones") {
   CentralFreeList list(5);
   void* batch[4];
   REQUIRE(list.allocate_batch(batch, 4) == 4);
-  list.deallocate(g_span_map.lookup(reinterpret_cast<uintptr_t>(batch[2])), batch[2], "test");
+  list.deallocate_batch(&batch[2], 1);
   void* again;
   REQUIRE(list.allocate_batch(&again, 1) == 1);
   REQUIRE(again == batch[2]);

@@ -1,0 +1,78 @@
+// The per-CPU slab: what the critical sections (arch/*/percpu.h) and the cache policy
+// (src/cpu_cache.*) agree on. A slab is one CPU's cache of free objects, 2^kSlabShift bytes:
+//
+//   word c (0 < c < kNumClasses)   the header of size class c, one 64-bit word:
+//                                     bits  0-15  current  (slot index one past the top object)
+//                                     bits 32-47  begin    (first slot of the class)
+//                                     bits 48-63  end      (one past its last slot)
+//   words begin..end-1             the class's slots; begin..current-1 hold objects
+//
+// Indexes count 8-byte words from the slab's start. A pop misses when current <= begin, a push
+// when current >= end. An all-zero header (a slab not yet set up) therefore misses both ways, and
+// so does a "stopped" one (begin = 0xffff, end = 0), which is how a slab is fenced off while
+// another thread drains it. Headers change only by whole-word stores (setup), 32-bit stores of
+// begin/end (stop, restart) and 16-bit stores of current (the commit of a pop or push).
+#pragma once
+
+#include <cstdint>
+
+#include "base.h"
+#include "rseq_abi.h"
+
+namespace fastmalloc::arch {
+
+inline constexpr uint64_t kSlabBytes = uint64_t{1} << kSlabShift;
+inline constexpr uint16_t kStoppedBegin = 0xffff, kStoppedEnd = 0;
+
+FM_ALWAYS_INLINE uint64_t* slab_of(uintptr_t slabs, uint32_t cpu) {
+  return reinterpret_cast<uint64_t*>(slabs + (uintptr_t{cpu} << kSlabShift));
+}
+FM_ALWAYS_INLINE uint16_t header_current(uint64_t header) { return static_cast<uint16_t>(header); }
+FM_ALWAYS_INLINE uint16_t header_begin(uint64_t header) { return static_cast<uint16_t>(header >> 32); }
+FM_ALWAYS_INLINE uint16_t header_end(uint64_t header) { return static_cast<uint16_t>(header >> 48); }
+FM_ALWAYS_INLINE uint64_t make_header(uint16_t current, uint16_t begin, uint16_t end) {
+  return uint64_t{current} | uint64_t{begin} << 32 | uint64_t{end} << 48;
+}
+
+// Header accesses from C. The 16- and 32-bit stores go through may_alias types: without that
+// the compiler may assume a uint16_t store leaves the uint64_t header unchanged and reuse a
+// header it read before (it did, popping one object twice).
+using HeaderHalf16 = uint16_t __attribute__((may_alias));
+using HeaderHalf32 = uint32_t __attribute__((may_alias));
+
+FM_ALWAYS_INLINE uint64_t load_header(const uint64_t* slab, unsigned cls) {
+  return __atomic_load_n(&slab[cls], __ATOMIC_RELAXED);
+}
+FM_ALWAYS_INLINE void store_header(uint64_t* slab, unsigned cls, uint64_t header) {
+  __atomic_store_n(&slab[cls], header, __ATOMIC_RELAXED);
+}
+FM_ALWAYS_INLINE void store_current(uint64_t* slab, unsigned cls, uint16_t current) {
+  __atomic_store_n(reinterpret_cast<HeaderHalf16*>(&slab[cls]), current, __ATOMIC_RELAXED);
+}
+// begin and end together: the upper half of the header.
+FM_ALWAYS_INLINE void store_bounds(uint64_t* slab, unsigned cls, uint16_t begin, uint16_t end) {
+  __atomic_store_n(reinterpret_cast<HeaderHalf32*>(&slab[cls]) + 1, uint32_t{begin} | uint32_t{end} << 16,
+                   __ATOMIC_RELAXED);
+}
+
+// Pop and push in plain C, for a caller that owns the slab by other means (the slab's lock, in
+// the mode without rseq). They follow the same rules as the critical sections.
+FM_ALWAYS_INLINE bool slab_pop_owned(uint64_t* slab, unsigned cls, void** out) {
+  uint64_t header = load_header(slab, cls);
+  uint16_t current = header_current(header);
+  if (current <= header_begin(header)) return false;
+  *out = reinterpret_cast<void*>(slab[current - 1]);
+  store_current(slab, cls, static_cast<uint16_t>(current - 1));
+  return true;
+}
+
+FM_ALWAYS_INLINE bool slab_push_owned(uint64_t* slab, unsigned cls, void* item) {
+  uint64_t header = load_header(slab, cls);
+  uint16_t current = header_current(header);
+  if (current >= header_end(header)) return false;
+  slab[current] = reinterpret_cast<uint64_t>(item);
+  store_current(slab, cls, static_cast<uint16_t>(current + 1));
+  return true;
+}
+
+}  // namespace fastmalloc::arch

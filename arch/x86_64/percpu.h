@@ -1,0 +1,141 @@
+// The fast path's two critical sections: pop an object from, and push one to, the current CPU's
+// slab (layout in arch/slab.h), as restartable sequences. If the thread is preempted, migrated
+// or signalled between the start and the commit, the kernel moves it to the abort handler, which
+// reports a miss; the caller's slow path then retries. No lock, no atomic instruction, no fence.
+//
+// Each section is described by a struct rseq_cs in the __rseq_cs section (and listed in
+// __rseq_cs_ptr_array, where debuggers look for them); its abort handler sits out of line in
+// __rseq_failure, behind the 4-byte signature the thread's rseq area was registered with,
+// encoded as the operand of a ud1 instruction so a stray jump there traps.
+#pragma once
+
+#include <cstdint>
+
+#include "base.h"
+#include "rseq_abi.h"
+#include "slab.h"
+
+// The 4 bytes before every abort handler; the same value glibc registers with on x86.
+#define FASTMALLOC_RSEQ_SIG 0x53053053
+
+#define FM_STR2(x) #x
+#define FM_STR(x) FM_STR2(x)
+
+// The descriptor of the section from label 1 to label 2 with its abort handler at label 4.
+#define FM_RSEQ_DESCRIPTOR                       \
+  ".pushsection __rseq_cs, \"aw\"\n\t"           \
+  ".balign 32\n\t"                               \
+  "5:\n\t"                                       \
+  ".long 0, 0\n\t"                               \
+  ".quad 1f, 2f - 1f, 4f\n\t"                    \
+  ".popsection\n\t"                              \
+  ".pushsection __rseq_cs_ptr_array, \"aw\"\n\t" \
+  ".quad 5b\n\t"                                 \
+  ".popsection\n\t"
+
+#define FM_RSEQ_ABORT(label)                                  \
+  ".pushsection __rseq_failure, \"ax\"\n\t"                  \
+  ".byte 0x0f, 0xb9, 0x3d\n\t"                               \
+  ".long " FM_STR(FASTMALLOC_RSEQ_SIG) "\n\t"                \
+  "4:\n\t"                                                   \
+  "jmp %l[" #label "]\n\t"                                   \
+  ".popsection\n\t"
+
+// Both sections are `asm volatile goto`: an asm goto with outputs is not implicitly volatile,
+// and the push's outputs are scratch registers nobody reads, so without `volatile` the compiler
+// deletes the whole push (it did).
+
+namespace fastmalloc::arch {
+
+inline constexpr bool kHasRseq = true;
+inline constexpr uint32_t kRseqSignature = FASTMALLOC_RSEQ_SIG;
+
+// rseq: the thread's rseq area. cpu_field: offset in it of the index to use (cpu_id or mm_cid).
+// slabs: base of the slab array, num_slabs entries. Returns false on a miss: the slab is empty,
+// not set up, stopped, or the index is out of range (an unregistered area reads 0xffffffff), or
+// the section was aborted.
+//
+//   rseq->rseq_cs = &descriptor
+// 1:cpu = *(uint32_t*)(rseq + cpu_field)
+//   if (cpu >= num_slabs) miss
+//   slab = slabs + (cpu << kSlabShift)
+//   current = slab[cls].current
+//   if (current <= slab[cls].begin) miss
+//   item = slab[current - 1]
+//   slab[cls].current = current - 1          <- commit
+// 2:
+FM_ALWAYS_INLINE bool percpu_pop(uintptr_t rseq, uint64_t cpu_field, uint64_t num_slabs, uintptr_t slabs,
+                                 uint64_t cls, void** out) {
+  uint64_t scratch, current;
+  void* item;
+  asm volatile goto(FM_RSEQ_DESCRIPTOR
+           "leaq 5b(%%rip), %[scratch]\n\t"
+           "movq %[scratch], " FM_STR(FASTMALLOC_RSEQ_CS_OFFSET) "(%[rseq])\n\t"
+           "1:\n\t"
+           "movl (%[rseq], %[cpu_field]), %k[scratch]\n\t"
+           "cmpq %[num_slabs], %[scratch]\n\t"
+           "jae %l[miss]\n\t"
+           "shlq $" FM_STR(FASTMALLOC_SLAB_SHIFT) ", %[scratch]\n\t"
+           "addq %[slabs], %[scratch]\n\t"
+           "movzwl (%[scratch], %[cls], 8), %k[current]\n\t"
+           "cmpw 4(%[scratch], %[cls], 8), %w[current]\n\t"
+           "jbe %l[miss]\n\t"
+           "movq -8(%[scratch], %[current], 8), %[item]\n\t"
+           "decl %k[current]\n\t"
+           "movw %w[current], (%[scratch], %[cls], 8)\n\t"
+           "2:\n\t"
+           FM_RSEQ_ABORT(miss)
+           : [scratch] "=&r"(scratch), [current] "=&r"(current), [item] "=&r"(item)
+           : [rseq] "r"(rseq), [cpu_field] "r"(cpu_field), [num_slabs] "r"(num_slabs), [slabs] "r"(slabs),
+             [cls] "r"(cls)
+           : "memory", "cc"
+           : miss);
+  *out = item;
+  return true;
+miss:
+  return false;
+}
+
+// The same for a push of `item`. Returns false on a miss (full, not set up, stopped, out of
+// range, aborted); the item was then not pushed.
+//
+//   rseq->rseq_cs = &descriptor
+// 1:cpu = *(uint32_t*)(rseq + cpu_field)
+//   if (cpu >= num_slabs) miss
+//   slab = slabs + (cpu << kSlabShift)
+//   current = slab[cls].current
+//   if (current >= slab[cls].end) miss
+//   slab[current] = item                      (above current: invisible until the commit)
+//   slab[cls].current = current + 1          <- commit
+// 2:
+FM_ALWAYS_INLINE bool percpu_push(uintptr_t rseq, uint64_t cpu_field, uint64_t num_slabs, uintptr_t slabs,
+                                  uint64_t cls, void* item) {
+  uint64_t scratch, current;
+  asm volatile goto(FM_RSEQ_DESCRIPTOR
+           "leaq 5b(%%rip), %[scratch]\n\t"
+           "movq %[scratch], " FM_STR(FASTMALLOC_RSEQ_CS_OFFSET) "(%[rseq])\n\t"
+           "1:\n\t"
+           "movl (%[rseq], %[cpu_field]), %k[scratch]\n\t"
+           "cmpq %[num_slabs], %[scratch]\n\t"
+           "jae %l[miss]\n\t"
+           "shlq $" FM_STR(FASTMALLOC_SLAB_SHIFT) ", %[scratch]\n\t"
+           "addq %[slabs], %[scratch]\n\t"
+           "movzwl (%[scratch], %[cls], 8), %k[current]\n\t"
+           "cmpw 6(%[scratch], %[cls], 8), %w[current]\n\t"
+           "jae %l[miss]\n\t"
+           "movq %[item], (%[scratch], %[current], 8)\n\t"
+           "incl %k[current]\n\t"
+           "movw %w[current], (%[scratch], %[cls], 8)\n\t"
+           "2:\n\t"
+           FM_RSEQ_ABORT(miss)
+           : [scratch] "=&r"(scratch), [current] "=&r"(current)
+           : [rseq] "r"(rseq), [cpu_field] "r"(cpu_field), [num_slabs] "r"(num_slabs), [slabs] "r"(slabs),
+             [cls] "r"(cls), [item] "r"(item)
+           : "memory", "cc"
+           : miss);
+  return true;
+miss:
+  return false;
+}
+
+}  // namespace fastmalloc::arch

@@ -1,0 +1,361 @@
+// Per-CPU caches: setup, the slow paths, draining, statistics.
+//
+// A slab's header words change only as arch/slab.h allows. The fast paths own a slab through
+// rseq; everything else that writes a slab (setting it up, draining it, and every access in
+// locked mode) holds the slab's control lock. In rseq mode a thread that has no usable rseq
+// index never touches a slab: it goes to the transfer cache directly.
+#include "cpu_cache.h"
+
+#include <atomic>
+
+#include "options.h"
+#include "os/os.h"
+#include "os/rseq.h"
+#include "sync/mutex.h"
+#include "transfer_cache.h"
+
+namespace fastmalloc {
+
+constinit PerCpuConfig g_percpu{};
+constinit __attribute__((tls_model("initial-exec"))) thread_local ThreadHits tls_hits{};
+
+namespace {
+
+// Up to 32 KiB of one class per CPU (at most 1024 objects), for classes up to 64 KiB.
+constexpr uint16_t capacity_of(unsigned cls) {
+  size_t size = size_class_detail::size_of_class(cls);
+  if (size > 64 * 1024) return 0;
+  size_t n = 32 * 1024 / size;
+  return static_cast<uint16_t>(n < 2 ? 2 : n > 1024 ? 1024 : n);
+}
+
+struct Layout {
+  uint16_t begin[kNumClasses];
+  uint16_t end[kNumClasses];
+};
+
+constexpr Layout make_layout() {
+  Layout layout{};
+  uint16_t next = kNumClasses;  // the first words hold the headers
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    layout.begin[cls] = next;
+    next = static_cast<uint16_t>(next + capacity_of(cls));
+    layout.end[cls] = next;
+  }
+  return layout;
+}
+
+constexpr Layout kLayout = make_layout();
+static_assert(kLayout.end[kNumClasses - 1] <= arch::kSlabBytes / sizeof(uint64_t), "slots must fit in a slab");
+static_assert(kNumClasses + 0u <= 0xffff);
+
+struct alignas(64) SlabControl {
+  Mutex lock;
+  std::atomic<bool> ready;
+};
+
+constexpr uint32_t kNoSlab = ~0u;
+
+Mutex g_setup_lock;
+bool g_setup_failed = false;
+CacheMode g_mode = CacheMode::kNotSetUp;
+bool g_own_registration = false;
+bool g_membarrier = false;
+SlabControl* g_control = nullptr;
+std::atomic<uint64_t> g_alloc_hits{0}, g_alloc_misses{0}, g_free_hits{0}, g_free_misses{0};
+
+void count(std::atomic<uint64_t>& counter, uint64_t n) { counter.fetch_add(n, std::memory_order_relaxed); }
+
+uint64_t* slab(uint32_t index) { return arch::slab_of(g_percpu.slabs, index); }
+
+void setup() {
+  LockGuard guard(g_setup_lock);
+  if (g_percpu.slabs != 0 || g_setup_failed) return;
+  uint32_t num_slabs = os::possible_cpus();
+  os::RseqSetup rseq = os::rseq_setup(options().rseq);
+  void* slabs = os::map(size_t{num_slabs} << arch::kSlabShift, 4096);
+  size_t control_bytes = round_up(num_slabs * sizeof(SlabControl), 4096);
+  void* control = os::map(control_bytes, 4096);
+  if (slabs == nullptr || control == nullptr) {
+    // No per-CPU level: every call goes to the transfer cache.
+    if (slabs != nullptr) os::unmap(slabs, size_t{num_slabs} << arch::kSlabShift);
+    if (control != nullptr) os::unmap(control, control_bytes);
+    g_setup_failed = true;
+    g_mode = CacheMode::kLocked;
+    return;
+  }
+  g_control = static_cast<SlabControl*>(control);
+  if (rseq.kind == os::RseqKind::kNone) {
+    g_mode = CacheMode::kLocked;
+  } else {
+    g_mode = rseq.mm_cid ? CacheMode::kRseqMmCid : CacheMode::kRseqCpuId;
+    g_own_registration = rseq.kind == os::RseqKind::kOwn;
+    g_membarrier = os::membarrier_rseq_register();
+  }
+  g_percpu.rseq_area_offset = rseq.area_offset;
+  g_percpu.index_field = rseq.index_field;
+  g_percpu.num_slabs = num_slabs;
+  // Last: the fast paths start using the slabs once they see this.
+  __atomic_store_n(&g_percpu.slabs, reinterpret_cast<uintptr_t>(slabs), __ATOMIC_RELEASE);
+}
+
+// Headers are written whole (one 64-bit store each), so a fast path on this slab sees either
+// the zero header, which misses, or the final one.
+void ensure_slab(uint32_t index) {
+  SlabControl& control = g_control[index];
+  if (FM_LIKELY(control.ready.load(std::memory_order_acquire))) return;
+  LockGuard guard(control.lock);
+  if (control.ready.load(std::memory_order_relaxed)) return;
+  uint64_t* s = slab(index);
+  for (unsigned cls = 1; cls < kNumClasses; ++cls)
+    arch::store_header(s, cls, arch::make_header(kLayout.begin[cls], kLayout.begin[cls], kLayout.end[cls]));
+  control.ready.store(true, std::memory_order_release);
+}
+
+// The slab index the fast path would use for this thread, registering the thread first where
+// this library registers its own rseq area. kNoSlab when the thread has no usable index.
+uint32_t rseq_index() {
+  auto read_index = [] {
+    return __atomic_load_n(reinterpret_cast<const uint32_t*>(rseq_area() + g_percpu.index_field), __ATOMIC_RELAXED);
+  };
+  uint32_t index = read_index();
+  if (index < g_percpu.num_slabs) return index;
+  if (g_own_registration && os::rseq_register_current_thread()) {
+    index = read_index();
+    if (index < g_percpu.num_slabs) return index;
+  }
+  return kNoSlab;
+}
+
+void fold_thread_hits() {
+  if (tls_hits.alloc != 0) {
+    count(g_alloc_hits, tls_hits.alloc);
+    tls_hits.alloc = 0;
+  }
+  if (tls_hits.free != 0) {
+    count(g_free_hits, tls_hits.free);
+    tls_hits.free = 0;
+  }
+}
+
+// Classes above 64 KiB skip the caches: a cache would save little next to the cost of using
+// such a block, and the central list can still check each free.
+void* take_from_central(unsigned cls) {
+  void* p;
+  return central_list(cls).allocate_batch(&p, 1) == 1 ? p : nullptr;
+}
+
+// Locked mode: the slab of the CPU we are on now, under its lock.
+void* locked_pop(unsigned cls) {
+  uint32_t index = os::current_cpu() % static_cast<uint32_t>(g_percpu.num_slabs);
+  ensure_slab(index);
+  LockGuard guard(g_control[index].lock);
+  uint64_t* s = slab(index);
+  void* p;
+  if (arch::slab_pop_owned(s, cls, &p)) {
+    count(g_alloc_hits, 1);
+    return p;
+  }
+  count(g_alloc_misses, 1);
+  void* batch[kMaxBatch];
+  int got = transfer_cache(cls).remove(batch, batch_size(cls));
+  if (got == 0) return nullptr;
+  int i = 0;
+  while (i < got - 1 && arch::slab_push_owned(s, cls, batch[i])) ++i;
+  if (i < got - 1) transfer_cache(cls).insert(batch + i, got - 1 - i);
+  return batch[got - 1];
+}
+
+void locked_push(unsigned cls, void* p) {
+  uint32_t index = os::current_cpu() % static_cast<uint32_t>(g_percpu.num_slabs);
+  ensure_slab(index);
+  LockGuard guard(g_control[index].lock);
+  uint64_t* s = slab(index);
+  if (arch::slab_push_owned(s, cls, p)) {
+    count(g_free_hits, 1);
+    return;
+  }
+  count(g_free_misses, 1);
+  void* batch[kMaxBatch + 1];
+  int n = 0;
+  int want = batch_size(cls);
+  while (n < want && arch::slab_pop_owned(s, cls, &batch[n])) ++n;
+  batch[n++] = p;
+  transfer_cache(cls).insert(batch, n);
+}
+
+}  // namespace
+
+void* cache_refill_pop(unsigned cls) {
+  fold_thread_hits();
+  if (capacity_of(cls) == 0) return take_from_central(cls);
+  if (FM_UNLIKELY(g_percpu.slabs == 0)) {
+    setup();
+    if (g_percpu.slabs == 0) {
+      void* p;
+      return transfer_cache(cls).remove(&p, 1) == 1 ? p : nullptr;
+    }
+  }
+  if (g_mode == CacheMode::kLocked) return locked_pop(cls);
+  uint32_t index = rseq_index();
+  if (index == kNoSlab) {
+    void* p;
+    return transfer_cache(cls).remove(&p, 1) == 1 ? p : nullptr;
+  }
+  ensure_slab(index);
+  void* p;
+  // The miss may have been an abort, or a slab or thread not yet set up: try once more.
+  if (cache_pop(cls, &p)) {
+    count(g_alloc_hits, 1);
+    return p;
+  }
+  count(g_alloc_misses, 1);
+  void* batch[kMaxBatch];
+  int got = transfer_cache(cls).remove(batch, batch_size(cls));
+  if (got == 0) return nullptr;
+  int i = 0;
+  while (i < got - 1 && cache_push(cls, batch[i])) ++i;
+  if (i < got - 1) transfer_cache(cls).insert(batch + i, got - 1 - i);
+  return batch[got - 1];
+}
+
+void cache_overflow_push(unsigned cls, void* p) {
+  fold_thread_hits();
+  if (capacity_of(cls) == 0) return central_list(cls).deallocate_batch(&p, 1);
+  if (FM_UNLIKELY(g_percpu.slabs == 0)) {
+    setup();
+    if (g_percpu.slabs == 0) return transfer_cache(cls).insert(&p, 1);
+  }
+  if (g_mode == CacheMode::kLocked) return locked_push(cls, p);
+  uint32_t index = rseq_index();
+  if (index == kNoSlab) return transfer_cache(cls).insert(&p, 1);
+  ensure_slab(index);
+  if (cache_push(cls, p)) {
+    count(g_free_hits, 1);
+    return;
+  }
+  count(g_free_misses, 1);
+  // Full: move a batch out of this CPU's cache, with p, to the transfer cache.
+  void* batch[kMaxBatch + 1];
+  int n = 0;
+  int want = batch_size(cls);
+  while (n < want && cache_pop(cls, &batch[n])) ++n;
+  batch[n++] = p;
+  transfer_cache(cls).insert(batch, n);
+}
+
+namespace {
+
+// Moves the objects of slab `index` to the transfer caches. The caller owns the slab: it holds
+// its lock and, in rseq mode, has stopped it and fenced every critical section that could
+// still commit on it.
+void drain_owned_slab(uint32_t index) {
+  uint64_t* s = slab(index);
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    uint16_t begin = kLayout.begin[cls];
+    uint16_t current = arch::header_current(arch::load_header(s, cls));
+    for (uint16_t top = current; top > begin;) {
+      uint16_t bottom = top - begin > kMaxBatch ? static_cast<uint16_t>(top - kMaxBatch) : begin;
+      transfer_cache(cls).insert(reinterpret_cast<void* const*>(&s[bottom]), top - bottom);
+      top = bottom;
+    }
+    arch::store_current(s, cls, begin);
+  }
+}
+
+// Stop: begin = 0xffff and end = 0 (the upper half of each header, one 32-bit store), so every
+// pop and push on the slab misses; current is left to any commit still in flight.
+void set_stopped(uint32_t index, bool stopped) {
+  uint64_t* s = slab(index);
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    if (stopped) arch::store_bounds(s, cls, arch::kStoppedBegin, arch::kStoppedEnd);
+    else arch::store_bounds(s, cls, kLayout.begin[cls], kLayout.end[cls]);
+  }
+}
+
+}  // namespace
+
+void cache_drain_all() {
+  if (g_percpu.slabs == 0) return;
+  uint32_t num_slabs = static_cast<uint32_t>(g_percpu.num_slabs);
+  if (g_mode == CacheMode::kLocked) {
+    for (uint32_t i = 0; i < num_slabs; ++i) {
+      if (!g_control[i].ready.load(std::memory_order_acquire)) continue;
+      LockGuard guard(g_control[i].lock);
+      drain_owned_slab(i);
+    }
+    return;
+  }
+  if (!g_membarrier) return;
+  // Stop every slab in use, fence once (mm_cid indexes are not tied to CPUs, so the fence
+  // covers every CPU running our threads), then drain and restart them.
+  bool fenced = true;
+  for (uint32_t i = 0; i < num_slabs; ++i) {
+    if (!g_control[i].ready.load(std::memory_order_acquire)) continue;
+    g_control[i].lock.lock();
+    set_stopped(i, true);
+    if (g_mode == CacheMode::kRseqCpuId) fenced &= os::membarrier_rseq_fence(static_cast<int>(i));
+  }
+  if (g_mode == CacheMode::kRseqMmCid) fenced = os::membarrier_rseq_fence(-1);
+  for (uint32_t i = 0; i < num_slabs; ++i) {
+    if (!g_control[i].ready.load(std::memory_order_acquire)) continue;
+    // A refused fence leaves the slab as it was: a commit might still land on it.
+    if (fenced) drain_owned_slab(i);
+    set_stopped(i, false);
+    g_control[i].lock.unlock();
+  }
+}
+
+CacheMode cache_mode() {
+  if (g_percpu.slabs == 0) setup();
+  return g_mode;
+}
+
+const char* cache_mode_name(CacheMode mode) {
+  switch (mode) {
+    case CacheMode::kRseqMmCid: return "rseq-mmcid";
+    case CacheMode::kRseqCpuId: return "rseq-cpu";
+    case CacheMode::kLocked: return "fallback";
+    case CacheMode::kNotSetUp: break;
+  }
+  return "not-set-up";
+}
+
+CacheStats cache_stats() {
+  fold_thread_hits();
+  CacheStats stats{g_alloc_hits.load(std::memory_order_relaxed), g_alloc_misses.load(std::memory_order_relaxed),
+                   g_free_hits.load(std::memory_order_relaxed), g_free_misses.load(std::memory_order_relaxed), 0, 0,
+                   g_membarrier || g_mode == CacheMode::kLocked};
+  if (g_percpu.slabs == 0) return stats;
+  for (uint32_t i = 0; i < g_percpu.num_slabs; ++i) {
+    if (!g_control[i].ready.load(std::memory_order_acquire)) continue;
+    ++stats.slabs_in_use;
+    const uint64_t* s = slab(i);
+    for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+      uint64_t header = arch::load_header(s, cls);
+      if (arch::header_begin(header) != kLayout.begin[cls]) continue;  // stopped for a drain
+      stats.cached_bytes += uint64_t{size_class(cls).size} * (arch::header_current(header) - kLayout.begin[cls]);
+    }
+  }
+  return stats;
+}
+
+void cache_lock_all() {
+  g_setup_lock.lock();
+  if (g_control == nullptr) return;
+  for (uint32_t i = 0; i < g_percpu.num_slabs; ++i) g_control[i].lock.lock();
+}
+
+void cache_unlock_all() {
+  if (g_control != nullptr)
+    for (uint32_t i = g_percpu.num_slabs; i-- > 0;) g_control[i].lock.unlock();
+  g_setup_lock.unlock();
+}
+
+void cache_reset_locks_after_fork() {
+  if (g_control != nullptr)
+    for (uint32_t i = 0; i < g_percpu.num_slabs; ++i) g_control[i].lock.reset_after_fork();
+  g_setup_lock.reset_after_fork();
+}
+
+}  // namespace fastmalloc

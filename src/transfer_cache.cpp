@@ -1,0 +1,66 @@
+// The transfer cache's stock: a stack of objects under the class's transfer lock.
+#include "transfer_cache.h"
+
+#include <cstring>
+
+namespace fastmalloc {
+
+constinit TransferCaches g_transfer = transfer_detail::make_caches(std::make_index_sequence<kNumClasses>{});
+
+namespace {
+void add(std::atomic<uint64_t>& counter, uint64_t n) {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+}  // namespace
+
+int TransferCache::remove(void** out, int n) {
+  int got;
+  {
+    LockGuard guard(lock_);
+    got = n < count_ ? n : count_;
+    count_ -= got;
+    memcpy(out, stock_ + count_, sizeof(void*) * static_cast<size_t>(got));
+    add(hits_, static_cast<uint64_t>(got));
+    add(misses_, static_cast<uint64_t>(n - got));
+    stocked_.store(static_cast<uint64_t>(count_), std::memory_order_relaxed);
+  }
+  if (got < n) got += central_list(size_class_).allocate_batch(out + got, n - got);
+  return got;
+}
+
+void TransferCache::insert(void* const* objects, int n) {
+  int kept;
+  {
+    LockGuard guard(lock_);
+    kept = kCapacity - count_ < n ? kCapacity - count_ : n;
+    memcpy(stock_ + count_, objects, sizeof(void*) * static_cast<size_t>(kept));
+    count_ += kept;
+    add(hits_, static_cast<uint64_t>(kept));
+    add(misses_, static_cast<uint64_t>(n - kept));
+    stocked_.store(static_cast<uint64_t>(count_), std::memory_order_relaxed);
+  }
+  if (kept < n) central_list(size_class_).deallocate_batch(objects + kept, n - kept);
+}
+
+void TransferCache::drain() {
+  void* batch[kMaxBatch];
+  for (;;) {
+    int n;
+    {
+      LockGuard guard(lock_);
+      n = count_ < kMaxBatch ? count_ : kMaxBatch;
+      count_ -= n;
+      memcpy(batch, stock_ + count_, sizeof(void*) * static_cast<size_t>(n));
+      stocked_.store(static_cast<uint64_t>(count_), std::memory_order_relaxed);
+    }
+    if (n == 0) return;
+    central_list(size_class_).deallocate_batch(batch, n);
+  }
+}
+
+TransferStats TransferCache::stats() const {
+  return TransferStats{hits_.load(std::memory_order_relaxed), misses_.load(std::memory_order_relaxed),
+                       stocked_.load(std::memory_order_relaxed)};
+}
+
+}  // namespace fastmalloc

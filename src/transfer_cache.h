@@ -1,0 +1,71 @@
+// The transfer cache: per size class, a stock of free objects between the per-CPU caches and
+// the central free list. A CPU whose cache runs dry takes a batch from here; one whose cache
+// overflows leaves a batch here. Objects that pass from one CPU to another this way never touch
+// their spans, and the central list's lock is taken once per batch, only when the stock runs
+// out or over.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <utility>
+
+#include "central_free_list.h"
+#include "size_classes.h"
+#include "sync/mutex.h"
+
+namespace fastmalloc {
+
+inline constexpr int kMaxBatch = 32;
+
+// How many objects move between a CPU cache and this level at once.
+constexpr int batch_size(unsigned cls) {
+  size_t size = size_class_detail::size_of_class(cls);
+  size_t n = 32 * 1024 / size;
+  return n < 2 ? 2 : n > kMaxBatch ? kMaxBatch : static_cast<int>(n);
+}
+
+struct TransferStats {
+  uint64_t hits;     // objects served from, or taken into, the stock
+  uint64_t misses;   // objects that had to come from, or go to, the central list
+  uint64_t stocked;  // objects held now
+};
+
+class TransferCache {
+ public:
+  static constexpr int kCapacity = 8 * kMaxBatch;
+
+  explicit constexpr TransferCache(unsigned size_class) : size_class_(size_class) {}
+
+  // Up to n (at most kMaxBatch) objects into out[]; fewer only when out of memory.
+  int remove(void** out, int n);
+  // Takes n objects (at most kMaxBatch + 1); what does not fit goes to the central list.
+  void insert(void* const* objects, int n);
+  // Sends the whole stock to the central list (malloc_trim).
+  void drain();
+
+  TransferStats stats() const;
+  Mutex& lock() { return lock_; }
+
+ private:
+  Mutex lock_;
+  const unsigned size_class_;
+  int count_ = 0;
+  void* stock_[kCapacity] = {};
+  std::atomic<uint64_t> hits_{0}, misses_{0}, stocked_{0};
+};
+
+struct TransferCaches {
+  TransferCache cache[kNumClasses];  // indexed by class; entry 0 is unused
+};
+
+namespace transfer_detail {
+template <size_t... I>
+constexpr TransferCaches make_caches(std::index_sequence<I...>) {
+  return TransferCaches{{TransferCache(I)...}};
+}
+}  // namespace transfer_detail
+
+extern TransferCaches g_transfer;
+FM_ALWAYS_INLINE TransferCache& transfer_cache(unsigned cls) { return g_transfer.cache[cls]; }
+
+}  // namespace fastmalloc
