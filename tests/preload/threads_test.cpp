@@ -13,35 +13,9 @@
 #include <thread>
 #include <vector>
 
-namespace {
+#include "preload_support.h"
 
-// Each block carries its own size and a pattern derived from its address and a tag, so a block
-// handed out twice, or written by someone else, fails the check.
-struct Checked {
-  static void* make(size_t size, uint32_t tag) {
-    size = size < 16 ? 16 : size;
-    auto* p = static_cast<unsigned char*>(malloc(size));
-    if (p == nullptr) abort();  // called from threads, where Catch2 assertions are not safe
-    fill(p, size, tag);
-    return p;
-  }
-  static void fill(unsigned char* p, size_t size, uint32_t tag) {
-    memcpy(p, &size, sizeof size);
-    memcpy(p + 8, &tag, sizeof tag);
-    for (size_t i = 16; i < size; ++i) p[i] = static_cast<unsigned char>(tag + i);
-  }
-  static bool check(const void* block, uint32_t tag) {
-    auto* p = static_cast<const unsigned char*>(block);
-    size_t size;
-    uint32_t stored;
-    memcpy(&size, p, sizeof size);
-    memcpy(&stored, p + 8, sizeof stored);
-    if (stored != tag || malloc_usable_size(const_cast<void*>(block)) < size) return false;
-    for (size_t i = 16; i < size; ++i)
-      if (p[i] != static_cast<unsigned char>(tag + i)) return false;
-    return true;
-  }
-};
+namespace {
 
 size_t random_size(std::mt19937_64& rng) {
   uint64_t r = rng();
