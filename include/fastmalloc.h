@@ -7,6 +7,8 @@
 #ifndef FASTMALLOC_H
 #define FASTMALLOC_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -14,6 +16,23 @@ extern "C" {
 /* Prints the allocator's statistics to stderr, one "fastmalloc: ..." line per level: the same
  * text as malloc_stats() and as FASTMALLOC_STATS=1 at exit. Safe to call from any thread. */
 void fastmalloc_stats_print(void);
+
+/* Reads one of the allocator's numbers into *value. Returns 0, or EINVAL for an unknown name.
+ * Every value is a byte count, read without stopping other threads (so sums may be off by what
+ * moved meanwhile):
+ *   "allocated_bytes"       held by the program: small blocks at their class size, plus large
+ *                           blocks' mappings
+ *   "heap_bytes"            mapped from the OS: pages for small blocks plus large blocks
+ *   "cpu_cache_bytes"       free blocks in the per-CPU caches
+ *   "transfer_cache_bytes"  free blocks in the transfer caches
+ *   "central_free_bytes"    free space inside the spans the size classes own
+ *   "page_heap_free_bytes"  free pages in the page heap (released ones included)
+ *   "released_bytes"        of those, given back to the OS
+ *   "large_bytes"           mapped for large blocks
+ *   "metadata_bytes"        the allocator's own structures
+ *   "remote_drain"          1 when malloc_trim can empty every CPU's cache, else 0 (rseq
+ *                           without membarrier: only the caller's) */
+int fastmalloc_get_property(const char* name, size_t* value);
 
 #ifdef __cplusplus
 }

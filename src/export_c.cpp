@@ -149,4 +149,9 @@ FM_EXPORT int malloc_info(int options, FILE* out) noexcept {
 
 FM_EXPORT void fastmalloc_stats_print(void) noexcept { print_stats(); }
 
+FM_EXPORT int fastmalloc_get_property(const char* name, size_t* value) noexcept {
+  if (name == nullptr || value == nullptr || !lookup_property(gather_totals(), name, value)) return EINVAL;
+  return 0;
+}
+
 }  // extern "C"

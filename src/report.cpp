@@ -1,6 +1,8 @@
 // Gathering and printing statistics.
 #include "report.h"
 
+#include <cstring>
+
 #include "central_free_list.h"
 #include "cpu_cache.h"
 #include "meta_arena.h"
@@ -36,6 +38,7 @@ Totals gather_totals() {
   t.cache_free_hits = cache.free_hits;
   t.cache_free_misses = cache.free_misses;
   t.mode = cache_mode_name(cache_mode());
+  t.remote_drain = cache.can_drain_remote;
   // Objects in the caches count as handed out for the central lists, but the program does not
   // hold them.
   t.small_free_bytes = minus(t.small_span_bytes, t.small_in_use_bytes);
@@ -71,6 +74,31 @@ void print_stats() {
   m.text(" mapped_bytes=").dec(t.heap_system_bytes).text(" free_bytes=").dec(t.heap_free_bytes);
   m.text(" released_bytes=").dec(t.heap_released_bytes).text(" free_spans=").dec(t.heap_free_spans).text("\n").flush();
   m.text("fastmalloc: metadata_bytes=").dec(t.metadata_bytes).text("\n").flush();
+}
+
+bool lookup_property(const Totals& t, const char* name, size_t* value) {
+  const struct {
+    const char* name;
+    size_t value;
+  } properties[] = {
+      {"allocated_bytes", t.small_in_use_bytes + t.large_bytes},
+      {"heap_bytes", t.heap_system_bytes + t.large_bytes},
+      {"cpu_cache_bytes", t.cpu_cache_bytes},
+      {"transfer_cache_bytes", t.transfer_cache_bytes},
+      {"central_free_bytes", t.small_free_bytes},
+      {"page_heap_free_bytes", t.heap_free_bytes},
+      {"released_bytes", t.heap_released_bytes},
+      {"large_bytes", t.large_bytes},
+      {"metadata_bytes", t.metadata_bytes},
+      {"remote_drain", t.remote_drain ? 1u : 0u},
+  };
+  for (const auto& p : properties) {
+    if (strcmp(p.name, name) == 0) {
+      *value = p.value;
+      return true;
+    }
+  }
+  return false;
 }
 
 int write_malloc_info(FILE* out) {

@@ -26,6 +26,7 @@ struct Totals {
   uint64_t transfer_hits, transfer_misses;
   uint64_t heap_allocations, heap_grows;
   const char* mode;
+  bool remote_drain;
 };
 
 Totals gather_totals();
@@ -33,6 +34,9 @@ Totals gather_totals();
 // The statistics text, one "fastmalloc: ..." line per level, on stderr (FASTMALLOC_STATS=1 and
 // malloc_stats()).
 void print_stats();
+
+// fastmalloc_get_property's answer for `name`; false for an unknown name.
+bool lookup_property(const Totals& t, const char* name, size_t* value);
 
 // malloc_info(3)'s XML, written with stdio; called from the user's thread, with no lock held.
 int write_malloc_info(FILE* out);

@@ -4,7 +4,10 @@
 // out twice by a section that committed when it should have aborted fails the test.
 #include <catch2/catch.hpp>
 
+#include <malloc.h>
+
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <ctime>
 #include <pthread.h>
@@ -100,4 +103,54 @@ TEST_CASE("per-CPU caches under oversubscription, migration and a 20 kHz signal 
   REQUIRE(migrations.load() >= threads * (kOps / 997));
   // The storm really happened: at least a few thousand signals landed during the run.
   REQUIRE(signals_seen.load() > 2000);
+}
+
+TEST_CASE("malloc_trim empties every CPU's cache, the ones other threads filled included") {
+  using GetProperty = int (*)(const char*, size_t*);
+  auto get_property = reinterpret_cast<GetProperty>(dlsym(RTLD_DEFAULT, "fastmalloc_get_property"));
+  REQUIRE(get_property != nullptr);
+  auto property = [&](const char* name) {
+    size_t value = ~size_t{0};
+    return get_property(name, &value) == 0 ? value : ~size_t{0};
+  };
+  size_t unknown = 0;
+  REQUIRE(get_property("no_such_property", &unknown) == EINVAL);
+
+  // One thread per CPU fills that CPU's cache with freed blocks.
+  for (int cpu : allowed_cpus()) {
+    std::thread([cpu] {
+      pin_to(cpu);
+      std::vector<void*> blocks;
+      for (int i = 0; i < 300; ++i) blocks.push_back(malloc(48));
+      for (void* p : blocks) free(p);
+    }).join();
+  }
+  // Free space at every level together, and what the program holds: a drain moves blocks
+  // between levels, so neither may change.
+  auto free_everywhere = [&] {
+    return property("cpu_cache_bytes") + property("transfer_cache_bytes") + property("central_free_bytes") +
+           property("page_heap_free_bytes");
+  };
+  size_t cached_before = property("cpu_cache_bytes");
+  size_t free_before = free_everywhere();
+  size_t allocated_before = property("allocated_bytes");
+  malloc_trim(0);
+  // Read everything before asserting: nothing may allocate in between.
+  size_t cached_after = property("cpu_cache_bytes");
+  size_t transfer_after = property("transfer_cache_bytes");
+  size_t free_after = free_everywhere();
+  size_t allocated_after = property("allocated_bytes");
+  size_t remote_drain = property("remote_drain");
+
+  REQUIRE(cached_before >= 300 * 48);
+  REQUIRE(free_after == free_before);
+  REQUIRE(allocated_after == allocated_before);
+  if (remote_drain == 1) {
+    REQUIRE(cached_after == 0);
+    REQUIRE(transfer_after == 0);
+  } else {
+    // Without membarrier a remote cache cannot be emptied safely; it must be left whole.
+    REQUIRE(remote_drain == 0);
+    REQUIRE(cached_after <= cached_before);
+  }
 }

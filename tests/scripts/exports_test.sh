@@ -15,6 +15,7 @@ __posix_memalign
 aligned_alloc
 calloc
 cfree
+fastmalloc_get_property
 fastmalloc_stats_print
 free
 mallinfo
