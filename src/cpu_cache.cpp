@@ -25,8 +25,8 @@ namespace {
 constexpr uint16_t capacity_of(unsigned cls) {
   size_t size = size_class_detail::size_of_class(cls);
   if (size > 64 * 1024) return 0;
-  size_t n = 32 * 1024 / size;
-  return static_cast<uint16_t>(n < 2 ? 2 : n > 1024 ? 1024 : n);
+  size_t n = 128 * 1024 / size;
+  return static_cast<uint16_t>(n < 2 ? 2 : n > 2048 ? 2048 : n);
 }
 
 struct Layout {

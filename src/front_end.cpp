@@ -1,19 +1,5 @@
-// The front end: allocation and free paths, realloc and alignment.
-//
-// CALL TREE
-//   allocate(size)
-//     size <= kMaxSmallSize: allocate_small(class)
-//        fast: cache_pop (rseq pop on this CPU's slab)
-//        miss: cache_refill_pop -> TransferCache::remove -> CentralFreeList::allocate_batch
-//                                                          -> PageHeap::allocate
-//     otherwise:             allocate_large()  -> PageHeap::map_large() (its own mapping)
-//   deallocate(p)
-//     span_of(p) (span map lookup, no lock) -> validate p against the span
-//     small: deallocate_small(class, p)
-//        fast: cache_push (rseq push on this CPU's slab)
-//        miss: cache_overflow_push -> TransferCache::insert -> CentralFreeList::deallocate_batch
-//                                                             -> empty span: PageHeap::deallocate
-//     large: PageHeap::unmap_large()
+// The front end's slow paths, realloc, alignment and zeroing; the fast paths are inline in
+// front_end.h.
 //
 // SYNCHRONIZATION
 //   size-class table, options   immutable after startup (options parse once, atomic flag)
@@ -58,32 +44,14 @@
 
 namespace fastmalloc {
 
-namespace {
+namespace detail {
 
-FM_NOINLINE void* out_of_memory() {
+void* out_of_memory() {
   errno = ENOMEM;
   return nullptr;
 }
 
-FM_ALWAYS_INLINE void* allocate_small(unsigned cls) {
-  void* p;
-  if (FM_LIKELY(cache_pop(cls, &p))) {
-    ++tls_hits.alloc;
-    return p;
-  }
-  p = cache_refill_pop(cls);
-  return FM_LIKELY(p != nullptr) ? p : out_of_memory();
-}
-
-FM_ALWAYS_INLINE void deallocate_small(unsigned cls, void* p) {
-  if (FM_LIKELY(cache_push(cls, p))) {
-    ++tls_hits.free;
-    return;
-  }
-  cache_overflow_push(cls, p);
-}
-
-FM_NOINLINE void* allocate_large(size_t size, size_t align) {
+void* allocate_large(size_t size, size_t align) {
   // Refuse what no process could map before asking: sizes above PTRDIFF_MAX are never valid.
   if (size > static_cast<size_t>(PTRDIFF_MAX)) return out_of_memory();
   Span* span = g_page_heap.map_large(size, align);
@@ -91,43 +59,28 @@ FM_NOINLINE void* allocate_large(size_t size, size_t align) {
   return reinterpret_cast<void*>(span->start);
 }
 
-// The span that owns block p, or a report naming `call`. Ensures p is the start of a block that
-// is live as far as can be seen without the owner's lock (the central list checks again).
-FM_ALWAYS_INLINE Span* span_of(const void* p, const char* call) {
-  uintptr_t addr = reinterpret_cast<uintptr_t>(p);
-  Span* span = g_span_map.lookup(addr);
-  if (FM_LIKELY(span != nullptr)) {
-    if (span->state == SpanState::kSmall) {
-      if (FM_LIKELY(span->contains(addr) && is_object_boundary(span->size_class, addr - span->start))) return span;
-    } else if (span->state == SpanState::kLarge && span->start == addr) {
-      return span;
-    }
-  }
+void report_invalid(const char* call, const void* p) {
   os::fatal_misuse(call, p, "invalid pointer (not a block fastmalloc handed out, or already freed)");
 }
+
+void deallocate_large(Span* span) {
+  int saved_errno = errno;
+  g_page_heap.unmap_large(span);
+  errno = saved_errno;
+}
+
+}  // namespace detail
+
+namespace {
+
+using detail::allocate_large;
+using detail::out_of_memory;
 
 size_t block_size(const Span* span) {
   return span->state == SpanState::kSmall ? size_class(span->size_class).size : span->bytes;
 }
 
 }  // namespace
-
-void* allocate(size_t size) {
-  if (FM_LIKELY(size <= kMaxSmallSize)) return allocate_small(size_to_class(size));
-  return allocate_large(size, 0);
-}
-
-void deallocate(void* p, const char* call) {
-  if (FM_UNLIKELY(p == nullptr)) return;
-  Span* span = span_of(p, call);
-  if (FM_LIKELY(span->state == SpanState::kSmall)) {
-    deallocate_small(span->size_class, p);
-    return;
-  }
-  int saved_errno = errno;
-  g_page_heap.unmap_large(span);
-  errno = saved_errno;
-}
 
 void* allocate_zeroed(size_t count, size_t size) {
   size_t total;

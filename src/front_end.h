@@ -2,18 +2,94 @@
 // (size class, fast path, miss), realloc, alignment and usable size, with malloc's contract:
 // failures return nullptr with errno = ENOMEM and leave live blocks intact; a pointer that was
 // never handed out stops the process with a one-line report naming `call`.
+//
+// The fast paths are here, always inline, so malloc and free are each one function; every miss
+// is a call to a noinline function. The SYNCHRONIZATION notes are in front_end.cpp.
+//
+// CALL TREE
+//   allocate(size)
+//     size <= kMaxSmallSize: allocate_small(class)
+//        fast: cache_pop (rseq pop on this CPU's slab)
+//        miss: cache_refill_pop -> TransferCache::remove -> CentralFreeList::allocate_batch
+//                                                          -> PageHeap::allocate
+//     otherwise:             allocate_large()  -> PageHeap::map_large() (its own mapping)
+//   deallocate(p)
+//     span_of(p) (span map lookup, no lock) -> validate p against the span
+//     small: deallocate_small(class, p)
+//        fast: cache_push (rseq push on this CPU's slab)
+//        miss: cache_overflow_push -> TransferCache::insert -> CentralFreeList::deallocate_batch
+//                                                             -> empty span: PageHeap::deallocate
+//     large: PageHeap::unmap_large()
+//
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+
+#include "base.h"
+#include "cpu_cache.h"
+#include "size_classes.h"
+#include "span.h"
+#include "span_map.h"
 
 namespace fastmalloc {
 
-void* allocate(size_t size);
+namespace detail {
+FM_NOINLINE void* out_of_memory();
+FM_NOINLINE void* allocate_large(size_t size, size_t align);
+[[noreturn]] FM_NOINLINE void report_invalid(const char* call, const void* p);
+FM_NOINLINE void deallocate_large(Span* span);
+}  // namespace detail
+
+FM_ALWAYS_INLINE void* allocate_small(unsigned cls) {
+  void* p;
+  if (FM_LIKELY(cache_pop(cls, &p))) {
+    ++tls_hits.alloc;
+    return p;
+  }
+  p = cache_refill_pop(cls);
+  return FM_LIKELY(p != nullptr) ? p : detail::out_of_memory();
+}
+
+FM_ALWAYS_INLINE void deallocate_small(unsigned cls, void* p) {
+  if (FM_LIKELY(cache_push(cls, p))) {
+    ++tls_hits.free;
+    return;
+  }
+  cache_overflow_push(cls, p);
+}
+
+// The span that owns block p, or a report naming `call`. Ensures p is the start of a block that
+// is live as far as can be seen without the owner's lock (the central list checks again).
+FM_ALWAYS_INLINE Span* span_of(const void* p, const char* call) {
+  uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  Span* span = g_span_map.lookup(addr);
+  if (FM_LIKELY(span != nullptr)) {
+    if (span->state == SpanState::kSmall) {
+      if (FM_LIKELY(span->contains(addr) && is_object_boundary(span->size_class, addr - span->start))) return span;
+    } else if (span->state == SpanState::kLarge && span->start == addr) {
+      return span;
+    }
+  }
+  detail::report_invalid(call, p);
+}
+
+FM_ALWAYS_INLINE void* allocate(size_t size) {
+  if (FM_LIKELY(size <= kMaxSmallSize)) return allocate_small(size_to_class(size));
+  return detail::allocate_large(size, 0);
+}
+
+FM_ALWAYS_INLINE void deallocate(void* p, const char* call) {
+  if (FM_UNLIKELY(p == nullptr)) return;
+  Span* span = span_of(p, call);
+  if (FM_LIKELY(span->state == SpanState::kSmall)) return deallocate_small(span->size_class, p);
+  detail::deallocate_large(span);
+}
+
 void* allocate_zeroed(size_t count, size_t size);
 // `align` is a power of two (callers check and report their own errors).
 void* allocate_aligned(size_t align, size_t size);
 void* reallocate(void* p, size_t size, const char* call);
-void deallocate(void* p, const char* call);
 size_t usable_size(const void* p, const char* call);
 
 }  // namespace fastmalloc
