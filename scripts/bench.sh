@@ -5,19 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake g++ make catch2 libhwloc-dev pkg-config python3 gnuplot-nox
-          libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "bench.sh: installing ${missing[*]}"
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source scripts/lib/packages.sh
+ensure_packages cmake g++ make catch2 libhwloc-dev pkg-config python3 gnuplot-nox \
+  libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" --target fastmalloc alloc_bench >/dev/null
