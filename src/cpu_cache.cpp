@@ -21,7 +21,7 @@ constinit __attribute__((tls_model("initial-exec"))) thread_local ThreadHits tls
 
 namespace {
 
-// Up to 32 KiB of one class per CPU (at most 1024 objects), for classes up to 64 KiB.
+// Up to 128 KiB of one class per CPU (at most 2048 objects), for classes up to 64 KiB.
 constexpr uint16_t capacity_of(unsigned cls) {
   size_t size = size_class_detail::size_of_class(cls);
   if (size > 64 * 1024) return 0;
@@ -145,14 +145,24 @@ void* take_from_central(unsigned cls) {
   return central_list(cls).allocate_batch(&p, 1) == 1 ? p : nullptr;
 }
 
-// Locked mode: the slab of the CPU we are on now, under its lock.
-void* locked_pop(unsigned cls) {
-  uint32_t index = os::current_cpu() % static_cast<uint32_t>(g_percpu.num_slabs);
-  ensure_slab(index);
-  LockGuard guard(g_control[index].lock);
-  uint64_t* s = slab(index);
+// A slab, reached either through rseq (the fast-path sections on the current CPU's slab) or
+// owned under its lock (locked mode): the miss handling below is the same for both.
+struct RseqSlab {
+  bool pop(unsigned cls, void** out) const { return cache_pop(cls, out); }
+  bool push(unsigned cls, void* p) const { return cache_push(cls, p); }
+};
+struct OwnedSlab {
+  uint64_t* slab;
+  bool pop(unsigned cls, void** out) const { return arch::slab_pop_owned(slab, cls, out); }
+  bool push(unsigned cls, void* p) const { return arch::slab_push_owned(slab, cls, p); }
+};
+
+// After a miss that may not be real (an abort, a slab or thread just set up), tries once more;
+// then takes a batch from the transfer cache, keeps all but one in the slab and returns that one.
+template <class Slab>
+void* refill_pop(const Slab& slab, unsigned cls) {
   void* p;
-  if (arch::slab_pop_owned(s, cls, &p)) {
+  if (slab.pop(cls, &p)) {
     count(g_alloc_hits, 1);
     return p;
   }
@@ -161,17 +171,16 @@ void* locked_pop(unsigned cls) {
   int got = transfer_cache(cls).remove(batch, batch_size(cls));
   if (got == 0) return nullptr;
   int i = 0;
-  while (i < got - 1 && arch::slab_push_owned(s, cls, batch[i])) ++i;
+  while (i < got - 1 && slab.push(cls, batch[i])) ++i;
   if (i < got - 1) transfer_cache(cls).insert(batch + i, got - 1 - i);
   return batch[got - 1];
 }
 
-void locked_push(unsigned cls, void* p) {
-  uint32_t index = os::current_cpu() % static_cast<uint32_t>(g_percpu.num_slabs);
-  ensure_slab(index);
-  LockGuard guard(g_control[index].lock);
-  uint64_t* s = slab(index);
-  if (arch::slab_push_owned(s, cls, p)) {
+// The same for a push: when the slab is full, a batch of its objects goes, with p, to the
+// transfer cache.
+template <class Slab>
+void overflow_push(const Slab& slab, unsigned cls, void* p) {
+  if (slab.push(cls, p)) {
     count(g_free_hits, 1);
     return;
   }
@@ -179,9 +188,21 @@ void locked_push(unsigned cls, void* p) {
   void* batch[kMaxBatch + 1];
   int n = 0;
   int want = batch_size(cls);
-  while (n < want && arch::slab_pop_owned(s, cls, &batch[n])) ++n;
+  while (n < want && slab.pop(cls, &batch[n])) ++n;
   batch[n++] = p;
   transfer_cache(cls).insert(batch, n);
+}
+
+// Locked mode: the slab of the CPU we are on now, under its lock.
+uint32_t locked_slab_index() {
+  uint32_t index = os::current_cpu() % static_cast<uint32_t>(g_percpu.num_slabs);
+  ensure_slab(index);
+  return index;
+}
+
+void* take_one(unsigned cls) {
+  void* p;
+  return transfer_cache(cls).remove(&p, 1) == 1 ? p : nullptr;
 }
 
 }  // namespace
@@ -191,32 +212,17 @@ void* cache_refill_pop(unsigned cls) {
   if (capacity_of(cls) == 0) return take_from_central(cls);
   if (FM_UNLIKELY(g_percpu.slabs == 0)) {
     setup();
-    if (g_percpu.slabs == 0) {
-      void* p;
-      return transfer_cache(cls).remove(&p, 1) == 1 ? p : nullptr;
-    }
+    if (g_percpu.slabs == 0) return take_one(cls);
   }
-  if (g_mode == CacheMode::kLocked) return locked_pop(cls);
+  if (g_mode == CacheMode::kLocked) {
+    uint32_t index = locked_slab_index();
+    LockGuard guard(g_control[index].lock);
+    return refill_pop(OwnedSlab{slab(index)}, cls);
+  }
   uint32_t index = rseq_index();
-  if (index == kNoSlab) {
-    void* p;
-    return transfer_cache(cls).remove(&p, 1) == 1 ? p : nullptr;
-  }
+  if (index == kNoSlab) return take_one(cls);
   ensure_slab(index);
-  void* p;
-  // The miss may have been an abort, or a slab or thread not yet set up: try once more.
-  if (cache_pop(cls, &p)) {
-    count(g_alloc_hits, 1);
-    return p;
-  }
-  count(g_alloc_misses, 1);
-  void* batch[kMaxBatch];
-  int got = transfer_cache(cls).remove(batch, batch_size(cls));
-  if (got == 0) return nullptr;
-  int i = 0;
-  while (i < got - 1 && cache_push(cls, batch[i])) ++i;
-  if (i < got - 1) transfer_cache(cls).insert(batch + i, got - 1 - i);
-  return batch[got - 1];
+  return refill_pop(RseqSlab{}, cls);
 }
 
 void cache_overflow_push(unsigned cls, void* p) {
@@ -226,22 +232,15 @@ void cache_overflow_push(unsigned cls, void* p) {
     setup();
     if (g_percpu.slabs == 0) return transfer_cache(cls).insert(&p, 1);
   }
-  if (g_mode == CacheMode::kLocked) return locked_push(cls, p);
+  if (g_mode == CacheMode::kLocked) {
+    uint32_t index = locked_slab_index();
+    LockGuard guard(g_control[index].lock);
+    return overflow_push(OwnedSlab{slab(index)}, cls, p);
+  }
   uint32_t index = rseq_index();
   if (index == kNoSlab) return transfer_cache(cls).insert(&p, 1);
   ensure_slab(index);
-  if (cache_push(cls, p)) {
-    count(g_free_hits, 1);
-    return;
-  }
-  count(g_free_misses, 1);
-  // Full: move a batch out of this CPU's cache, with p, to the transfer cache.
-  void* batch[kMaxBatch + 1];
-  int n = 0;
-  int want = batch_size(cls);
-  while (n < want && cache_pop(cls, &batch[n])) ++n;
-  batch[n++] = p;
-  transfer_cache(cls).insert(batch, n);
+  overflow_push(RseqSlab{}, cls, p);
 }
 
 namespace {

@@ -4,7 +4,7 @@
 // misses refill or drain a batch through the transfer cache. Where rseq is unavailable the same
 // slabs are used under a per-slab lock, indexed by sched_getcpu() ("locked" mode).
 //
-// Capacity is fixed per class: up to 32 KiB of objects of one class per CPU (at most 1024
+// Capacity is fixed per class: up to 128 KiB of objects of one class per CPU (at most 2048
 // objects), for classes up to 64 KiB; larger classes bypass the per-CPU level.
 #pragma once
 

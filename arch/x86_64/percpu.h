@@ -45,6 +45,20 @@
 // and the push's outputs are scratch registers nobody reads, so without `volatile` the compiler
 // deletes the whole push (it did).
 
+// The start both sections share: publish the descriptor, then (label 1, the section's start)
+// read the index, check it, find the slab and load the class's `current` into %[current],
+// leaving the slab's address in %[scratch].
+#define FM_RSEQ_SLAB_HEADER                                                  \
+  "leaq 5b(%%rip), %[scratch]\n\t"                                           \
+  "movq %[scratch], " FM_STR(FASTMALLOC_RSEQ_CS_OFFSET) "(%[rseq])\n\t"      \
+  "1:\n\t"                                                                   \
+  "movl (%[rseq], %[cpu_field]), %k[scratch]\n\t"                            \
+  "cmpq %[num_slabs], %[scratch]\n\t"                                        \
+  "jae %l[miss]\n\t"                                                         \
+  "shlq $" FM_STR(FASTMALLOC_SLAB_SHIFT) ", %[scratch]\n\t"                  \
+  "addq %[slabs], %[scratch]\n\t"                                            \
+  "movzwl (%[scratch], %[cls], 8), %k[current]\n\t"
+
 namespace fastmalloc::arch {
 
 inline constexpr bool kHasRseq = true;
@@ -69,15 +83,7 @@ FM_ALWAYS_INLINE bool percpu_pop(uintptr_t rseq, uint64_t cpu_field, uint64_t nu
   uint64_t scratch, current;
   void* item;
   asm volatile goto(FM_RSEQ_DESCRIPTOR
-           "leaq 5b(%%rip), %[scratch]\n\t"
-           "movq %[scratch], " FM_STR(FASTMALLOC_RSEQ_CS_OFFSET) "(%[rseq])\n\t"
-           "1:\n\t"
-           "movl (%[rseq], %[cpu_field]), %k[scratch]\n\t"
-           "cmpq %[num_slabs], %[scratch]\n\t"
-           "jae %l[miss]\n\t"
-           "shlq $" FM_STR(FASTMALLOC_SLAB_SHIFT) ", %[scratch]\n\t"
-           "addq %[slabs], %[scratch]\n\t"
-           "movzwl (%[scratch], %[cls], 8), %k[current]\n\t"
+           FM_RSEQ_SLAB_HEADER
            "cmpw 4(%[scratch], %[cls], 8), %w[current]\n\t"
            "jbe %l[miss]\n\t"
            "movq -8(%[scratch], %[current], 8), %[item]\n\t"
@@ -112,15 +118,7 @@ FM_ALWAYS_INLINE bool percpu_push(uintptr_t rseq, uint64_t cpu_field, uint64_t n
                                   uint64_t cls, void* item) {
   uint64_t scratch, current;
   asm volatile goto(FM_RSEQ_DESCRIPTOR
-           "leaq 5b(%%rip), %[scratch]\n\t"
-           "movq %[scratch], " FM_STR(FASTMALLOC_RSEQ_CS_OFFSET) "(%[rseq])\n\t"
-           "1:\n\t"
-           "movl (%[rseq], %[cpu_field]), %k[scratch]\n\t"
-           "cmpq %[num_slabs], %[scratch]\n\t"
-           "jae %l[miss]\n\t"
-           "shlq $" FM_STR(FASTMALLOC_SLAB_SHIFT) ", %[scratch]\n\t"
-           "addq %[slabs], %[scratch]\n\t"
-           "movzwl (%[scratch], %[cls], 8), %k[current]\n\t"
+           FM_RSEQ_SLAB_HEADER
            "cmpw 6(%[scratch], %[cls], 8), %w[current]\n\t"
            "jae %l[miss]\n\t"
            "movq %[item], (%[scratch], %[current], 8)\n\t"
