@@ -15,9 +15,8 @@ uint64_t load(const std::atomic<uint64_t>& counter) { return counter.load(std::m
 
 Span* CentralFreeList::new_span() {
   const SizeClass& sc = size_class(size_class_);
-  Span* span = g_page_heap.allocate(sc.pages);
+  Span* span = g_page_heap.allocate(sc.pages, size_class_);
   if (span == nullptr) return nullptr;
-  span->size_class = static_cast<uint8_t>(size_class_);
   span->free_objects = nullptr;
   span->never_used = span->start;
   span->live = 0;

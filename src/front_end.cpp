@@ -63,7 +63,10 @@ void report_invalid(const char* call, const void* p) {
   os::fatal_misuse(call, p, "invalid pointer (not a block fastmalloc handed out, or already freed)");
 }
 
-void deallocate_large(Span* span) {
+void deallocate_slow(void* p, const char* call) {
+  if (p == nullptr) return;
+  Span* span = span_of(p, call);
+  if (span->state == SpanState::kSmall) return deallocate_small(span->size_class, p);
   int saved_errno = errno;
   g_page_heap.unmap_large(span);
   errno = saved_errno;

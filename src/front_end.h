@@ -14,12 +14,12 @@
 //                                                          -> PageHeap::allocate
 //     otherwise:             allocate_large()  -> PageHeap::map_large() (its own mapping)
 //   deallocate(p)
-//     span_of(p) (span map lookup, no lock) -> validate p against the span
+//     span-map entry of p's page (no lock) -> class, offset in span -> p starts an object?
 //     small: deallocate_small(class, p)
 //        fast: cache_push (rseq push on this CPU's slab)
 //        miss: cache_overflow_push -> TransferCache::insert -> CentralFreeList::deallocate_batch
 //                                                             -> empty span: PageHeap::deallocate
-//     large: PageHeap::unmap_large()
+//     anything else: deallocate_slow -> span_of(p): large: PageHeap::unmap_large(); else report
 //
 #pragma once
 
@@ -38,7 +38,8 @@ namespace detail {
 FM_NOINLINE void* out_of_memory();
 FM_NOINLINE void* allocate_large(size_t size, size_t align);
 [[noreturn]] FM_NOINLINE void report_invalid(const char* call, const void* p);
-FM_NOINLINE void deallocate_large(Span* span);
+// free() of anything but a valid small block: null, a large block, or misuse.
+FM_NOINLINE void deallocate_slow(void* p, const char* call);
 }  // namespace detail
 
 FM_ALWAYS_INLINE void* allocate_small(unsigned cls) {
@@ -79,11 +80,16 @@ FM_ALWAYS_INLINE void* allocate(size_t size) {
   return detail::allocate_large(size, 0);
 }
 
+// Free reads only the span-map entry of p's page: a small span's entry carries the class and
+// the page's place in the span, enough to check that p starts an object. Anything else (null,
+// large blocks, pointers that fail the check) goes to the slow path, which reads the span.
 FM_ALWAYS_INLINE void deallocate(void* p, const char* call) {
-  if (FM_UNLIKELY(p == nullptr)) return;
-  Span* span = span_of(p, call);
-  if (FM_LIKELY(span->state == SpanState::kSmall)) return deallocate_small(span->size_class, p);
-  detail::deallocate_large(span);
+  uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  uintptr_t entry = g_span_map.lookup_entry(addr);
+  unsigned cls = SpanMap::entry_class(entry);
+  if (FM_LIKELY(cls != 0 && is_object_boundary(cls, SpanMap::entry_offset(entry, addr))))
+    return deallocate_small(cls, p);
+  detail::deallocate_slow(p, call);
 }
 
 void* allocate_zeroed(size_t count, size_t size);

@@ -52,7 +52,7 @@ Span* PageHeap::grow(size_t pages) {
   return span;
 }
 
-Span* PageHeap::allocate(size_t pages) {
+Span* PageHeap::allocate(size_t pages, unsigned size_class) {
   LockGuard guard(lock_);
   Span* span = take_free(pages);
   if (span == nullptr) {
@@ -75,7 +75,8 @@ Span* PageHeap::allocate(size_t pages) {
     span->bytes = pages * kPageSize;
     insert_free(rest);
   }
-  map_.set_range(span->start, span->bytes, span);
+  span->size_class = static_cast<uint8_t>(size_class);
+  map_.set_small_span(span, size_class);
   span->state = SpanState::kSmall;
   span->released = false;
   span->on_list = false;
@@ -84,6 +85,8 @@ Span* PageHeap::allocate(size_t pages) {
 
 void PageHeap::deallocate(Span* span) {
   LockGuard guard(lock_);
+  // Every page loses its class first: free() trusts a class it finds in the span map.
+  map_.set_range(span->start, span->bytes, span);
   span->size_class = 0;
   span->free_objects = nullptr;
   span->live = 0;

@@ -29,10 +29,11 @@ class PageHeap {
   // `map` is where this heap records its spans (the process's g_span_map; tests give their own).
   explicit constexpr PageHeap(SpanMap& map) : map_(map) {}
 
-  // A span of exactly `pages` pages for small objects, recorded in the span map for every page.
-  // It is already in state kSmall when the heap's lock is released, so no thread coalescing a
-  // neighbour can take it for free; the caller sets the other fields. nullptr when out of memory.
-  Span* allocate(size_t pages);
+  // A span of exactly `pages` pages for objects of `size_class`, recorded in the span map for
+  // every page with its class. It is already in state kSmall when the heap's lock is released,
+  // so no thread coalescing a neighbour can take it for free; the caller sets the other fields.
+  // nullptr when out of memory.
+  Span* allocate(size_t pages, unsigned size_class);
   // Gives a span back, merging it with free neighbours.
   void deallocate(Span* span);
   // Gives every free span's pages back to the OS; returns the bytes newly released.

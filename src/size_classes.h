@@ -23,8 +23,9 @@ inline constexpr unsigned kNumClasses = 54;  // 1..53 are classes
 
 struct SizeClass {
   uint32_t size;       // bytes per object
-  uint32_t pages;      // pages per span
+  uint32_t pages;      // pages per span (at most 255: the span map stores a page's index in 8 bits)
   uint32_t objects;    // objects per span
+  uint32_t used_bytes; // objects * size: offsets at or above it in a span hold no object
   uint64_t div_magic;  // ceil(2^64 / size): n is a multiple of size iff n * div_magic < div_magic
 };
 
@@ -68,8 +69,9 @@ constexpr Table make_table() {
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
     size_t size = size_of_class(cls);
     uint32_t pages = pages_for(size);
-    t.classes[cls] = SizeClass{static_cast<uint32_t>(size), pages,
-                               static_cast<uint32_t>(pages * kPageSize / size), ~uint64_t{0} / size + 1};
+    uint32_t objects = static_cast<uint32_t>(pages * kPageSize / size);
+    t.classes[cls] = SizeClass{static_cast<uint32_t>(size), pages, objects, objects * static_cast<uint32_t>(size),
+                               ~uint64_t{0} / size + 1};
   }
   for (size_t i = 0; i <= 1024 / 8; ++i) t.small_lookup[i] = static_cast<uint8_t>(class_of_size_computed(i * 8));
   return t;
@@ -78,6 +80,7 @@ constexpr Table make_table() {
 inline constexpr Table kTable = make_table();
 static_assert(size_of_class(kNumClasses - 1) == kMaxSmallSize);
 static_assert(class_of_size_computed(kMaxSmallSize) == kNumClasses - 1);
+static_assert(pages_for(kMaxSmallSize) <= 255 && pages_for(size_of_class(kNumClasses - 2)) <= 255);
 
 }  // namespace size_class_detail
 
@@ -89,10 +92,11 @@ FM_ALWAYS_INLINE unsigned size_to_class(size_t size) {
   return size_class_detail::class_of_size_computed(size);
 }
 
-// True when `offset` (below 2^32) is a whole number of objects of class `cls`.
+// True when `offset` (below 2^32) is a whole number of objects of class `cls` and lies where an
+// object can start in the class's spans.
 FM_ALWAYS_INLINE bool is_object_boundary(unsigned cls, uint64_t offset) {
-  uint64_t magic = size_class(cls).div_magic;
-  return offset * magic < magic;
+  const SizeClass& sc = size_class(cls);
+  return offset < sc.used_bytes && offset * sc.div_magic < sc.div_magic;
 }
 
 }  // namespace fastmalloc

@@ -44,4 +44,10 @@ void SpanMap::set_range(uintptr_t start, size_t bytes, Span* span) {
   for (uintptr_t addr = start; addr < start + bytes; addr += kPageSize) set(addr, span);
 }
 
+void SpanMap::set_small_span(Span* span, unsigned size_class) {
+  uintptr_t base = reinterpret_cast<uintptr_t>(span) | uintptr_t{size_class} << kClassShift;
+  for (uintptr_t index = 0; index < span->pages(); ++index)
+    store(span->start + index * kPageSize, base | index << kPageIndexShift);
+}
+
 }  // namespace fastmalloc

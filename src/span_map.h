@@ -20,16 +20,32 @@ class SpanMap {
   static constexpr unsigned kLeafBits = 18;
   static constexpr unsigned kRootBits = kPageBits - kLeafBits;
 
-  // The span recorded for the page holding `addr`, or nullptr. Any address is safe to ask
-  // about. The answer may be stale for a page no live span covers: callers check that the span
-  // really contains the address, in the state they expect.
-  FM_ALWAYS_INLINE Span* lookup(uintptr_t addr) const {
-    uintptr_t page = addr >> kPageShift;
-    if (FM_UNLIKELY(page >> kPageBits)) return nullptr;
-    Leaf* leaf = root_[page >> kLeafBits].load(std::memory_order_acquire);
-    if (FM_UNLIKELY(leaf == nullptr)) return nullptr;
-    return leaf->spans[page & (kLeafEntries - 1)].load(std::memory_order_relaxed);
+  // An entry packs the descriptor with what free() needs to know without reading it:
+  //   bits  0-47  the Span* (descriptors live in user space, below 2^47)
+  //   bits 48-55  the size class, for a page of a small span; 0 for every other page
+  //   bits 56-63  the page's index within its small span
+  // so for a block in a small span, class and offset in the span come from the entry alone.
+  static constexpr unsigned kClassShift = 48, kPageIndexShift = 56;
+  static constexpr uintptr_t kSpanMask = (uintptr_t{1} << kClassShift) - 1;
+
+  static Span* entry_span(uintptr_t entry) { return reinterpret_cast<Span*>(entry & kSpanMask); }
+  static unsigned entry_class(uintptr_t entry) { return static_cast<unsigned>(entry >> kClassShift) & 0xff; }
+  // The offset of addr from the start of its small span, given addr's entry.
+  static uintptr_t entry_offset(uintptr_t entry, uintptr_t addr) {
+    return (entry >> kPageIndexShift) << kPageShift | (addr & (kPageSize - 1));
   }
+
+  // The entry for the page holding `addr`, or 0. Any address is safe to ask about. An entry may
+  // be stale for a page no live span covers (its class is then 0): callers that take the span
+  // check that it really contains the address, in the state they expect.
+  FM_ALWAYS_INLINE uintptr_t lookup_entry(uintptr_t addr) const {
+    uintptr_t page = addr >> kPageShift;
+    if (FM_UNLIKELY(page >> kPageBits)) return 0;
+    Leaf* leaf = root_[page >> kLeafBits].load(std::memory_order_acquire);
+    if (FM_UNLIKELY(leaf == nullptr)) return 0;
+    return leaf->entries[page & (kLeafEntries - 1)].load(std::memory_order_relaxed);
+  }
+  FM_ALWAYS_INLINE Span* lookup(uintptr_t addr) const { return entry_span(lookup_entry(addr)); }
 
   // Makes sure entries exist for every page of [start, start + bytes). False when the OS
   // refuses memory for a leaf.
@@ -40,22 +56,25 @@ class SpanMap {
   // fail. For moving a block (mremap) to an address not known in advance.
   bool reserve_spare_locked();
 
-  // Records `span` for the page holding `addr`, or for every page of a range. The range must
-  // have been ensure()d. The caller owns those pages (holds the lock that owns them).
-  void set(uintptr_t addr, Span* span) {
-    uintptr_t page = addr >> kPageShift;
-    leaf_of(page)->spans[page & (kLeafEntries - 1)].store(span, std::memory_order_release);
-  }
+  // Records `span` (class 0) for the page holding `addr`, or for every page of a range; the
+  // small-span form records the class and each page's index too. The range must have been
+  // ensure()d, and the caller owns those pages (holds the lock that owns them).
+  void set(uintptr_t addr, Span* span) { store(addr, reinterpret_cast<uintptr_t>(span)); }
   void set_range(uintptr_t start, size_t bytes, Span* span);
+  void set_small_span(Span* span, unsigned size_class);
 
   Mutex& lock() { return lock_; }
 
  private:
   static constexpr size_t kLeafEntries = size_t{1} << kLeafBits;
   struct Leaf {
-    std::atomic<Span*> spans[kLeafEntries];
+    std::atomic<uintptr_t> entries[kLeafEntries];
   };
 
+  void store(uintptr_t addr, uintptr_t entry) {
+    uintptr_t page = addr >> kPageShift;
+    leaf_of(page)->entries[page & (kLeafEntries - 1)].store(entry, std::memory_order_release);
+  }
   Leaf* leaf_of(uintptr_t page) const { return root_[page >> kLeafBits].load(std::memory_order_relaxed); }
 
   std::atomic<Leaf*> root_[size_t{1} << kRootBits] = {};

@@ -8,10 +8,12 @@
 using namespace fastmalloc;
 
 namespace {
+constexpr unsigned kSomeClass = 7;
+
 // Each test uses its own heap and span map (1 MiB each: static, not on the stack); the
 // descriptor pool is the process's.
 Span* take(PageHeap& heap, size_t pages) {
-  Span* s = heap.allocate(pages);
+  Span* s = heap.allocate(pages, kSomeClass);
   REQUIRE(s != nullptr);
   REQUIRE(s->pages() == pages);
   REQUIRE(s->start % kPageSize == 0);
@@ -126,8 +128,8 @@ TEST_CASE("a span just handed out is never merged into a neighbour that is freed
   // freed before the caller marked its span could swallow it.
   static SpanMap map;
   static PageHeap heap(map);
-  Span* a = heap.allocate(2);
-  Span* b = heap.allocate(3);
+  Span* a = heap.allocate(2, kSomeClass);
+  Span* b = heap.allocate(3, kSomeClass);
   REQUIRE(b->start == a->end());
   uintptr_t a_start = a->start;
   size_t a_bytes = a->bytes;
@@ -137,4 +139,25 @@ TEST_CASE("a span just handed out is never merged into a neighbour that is freed
   REQUIRE(a->state == SpanState::kSmall);
   REQUIRE(map.lookup(a_start) == a);
   heap.deallocate(a);
+}
+
+TEST_CASE("small spans carry their class and page index in the span map, until freed") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  Span* a = heap.allocate(3, 12);
+  Span* b = heap.allocate(2, 40);
+  for (uintptr_t i = 0; i < 3; ++i) {
+    uintptr_t addr = a->start + i * kPageSize + 100;
+    uintptr_t entry = map.lookup_entry(addr);
+    REQUIRE(SpanMap::entry_span(entry) == a);
+    REQUIRE(SpanMap::entry_class(entry) == 12);
+    REQUIRE(SpanMap::entry_offset(entry, addr) == i * kPageSize + 100);
+  }
+  REQUIRE(SpanMap::entry_class(map.lookup_entry(b->start)) == 40);
+  uintptr_t a_start = a->start;
+  heap.deallocate(a);
+  // Every page of a freed span reads class 0, so free() can no longer take it for a live block.
+  for (uintptr_t i = 0; i < 3; ++i) REQUIRE(SpanMap::entry_class(map.lookup_entry(a_start + i * kPageSize)) == 0);
+  REQUIRE(SpanMap::entry_class(map.lookup_entry(b->start)) == 40);
+  heap.deallocate(b);
 }
