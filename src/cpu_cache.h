@@ -42,13 +42,13 @@ FM_ALWAYS_INLINE uintptr_t rseq_area() {
 FM_ALWAYS_INLINE bool cache_pop(unsigned cls, void** out) {
   const PerCpuConfig& c = g_percpu;
   if (FM_UNLIKELY(c.slabs == 0)) return false;
-  return arch::percpu_pop(rseq_area(), c.index_field, c.num_slabs, c.slabs, cls, out);
+  return arch::percpu_pop(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, out);
 }
 
 FM_ALWAYS_INLINE bool cache_push(unsigned cls, void* p) {
   const PerCpuConfig& c = g_percpu;
   if (FM_UNLIKELY(c.slabs == 0)) return false;
-  return arch::percpu_push(rseq_area(), c.index_field, c.num_slabs, c.slabs, cls, p);
+  return arch::percpu_push(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, p);
 }
 
 // The slow paths. cache_refill_pop returns nullptr only when out of memory.

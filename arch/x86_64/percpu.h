@@ -50,9 +50,9 @@
 // leaving the slab's address in %[scratch].
 #define FM_RSEQ_SLAB_HEADER                                                  \
   "leaq 5b(%%rip), %[scratch]\n\t"                                           \
-  "movq %[scratch], " FM_STR(FASTMALLOC_RSEQ_CS_OFFSET) "(%[rseq])\n\t"      \
+  "movq %[scratch], %%fs:" FM_STR(FASTMALLOC_RSEQ_CS_OFFSET) "(%[rseq])\n\t"  \
   "1:\n\t"                                                                   \
-  "movl (%[rseq], %[cpu_field]), %k[scratch]\n\t"                            \
+  "movl %%fs:(%[rseq], %[cpu_field]), %k[scratch]\n\t"                       \
   "cmpq %[num_slabs], %[scratch]\n\t"                                        \
   "jae %l[miss]\n\t"                                                         \
   "shlq $" FM_STR(FASTMALLOC_SLAB_SHIFT) ", %[scratch]\n\t"                  \
@@ -64,7 +64,9 @@ namespace fastmalloc::arch {
 inline constexpr bool kHasRseq = true;
 inline constexpr uint32_t kRseqSignature = FASTMALLOC_RSEQ_SIG;
 
-// rseq: the thread's rseq area. cpu_field: offset in it of the index to use (cpu_id or mm_cid).
+// rseq: the offset of the thread's rseq area from the thread pointer (the area is addressed
+// %fs-relative, so the thread pointer itself is never loaded). cpu_field: offset in the area of
+// the index to use (cpu_id or mm_cid).
 // slabs: base of the slab array, num_slabs entries. Returns false on a miss: the slab is empty,
 // not set up, stopped, or the index is out of range (an unregistered area reads 0xffffffff), or
 // the section was aborted.
