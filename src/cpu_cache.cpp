@@ -68,6 +68,8 @@ void count(std::atomic<uint64_t>& counter, uint64_t n) { counter.fetch_add(n, st
 
 uint64_t* slab(uint32_t index) { return arch::slab_of(g_percpu.slabs, index); }
 
+uintptr_t rseq_area() { return reinterpret_cast<uintptr_t>(__builtin_thread_pointer()) + g_percpu.rseq_area_offset; }
+
 void setup() {
   LockGuard guard(g_setup_lock);
   if (g_percpu.slabs != 0 || g_setup_failed) return;

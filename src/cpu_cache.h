@@ -35,10 +35,6 @@ struct ThreadHits {
 // constinit: the compiler then knows there is no dynamic initialization to call first.
 extern constinit __attribute__((tls_model("initial-exec"))) thread_local ThreadHits tls_hits;
 
-FM_ALWAYS_INLINE uintptr_t rseq_area() {
-  return reinterpret_cast<uintptr_t>(__builtin_thread_pointer()) + g_percpu.rseq_area_offset;
-}
-
 FM_ALWAYS_INLINE bool cache_pop(unsigned cls, void** out) {
   const PerCpuConfig& c = g_percpu;
   if (FM_UNLIKELY(c.slabs == 0)) return false;
@@ -67,7 +63,7 @@ const char* cache_mode_name(CacheMode mode);
 struct CacheStats {
   uint64_t alloc_hits, alloc_misses, free_hits, free_misses;
   uint64_t cached_bytes;  // objects sitting in the slabs now
-  uint32_t slabs_in_use;
+  uint32_t slabs_in_use;  // slabs set up: CPUs (or mm_cids) that have allocated
   bool can_drain_remote;
 };
 CacheStats cache_stats();

@@ -33,6 +33,7 @@ Totals gather_totals() {
   }
   CacheStats cache = cache_stats();
   t.cpu_cache_bytes = cache.cached_bytes;
+  t.cpu_cache_slabs = cache.slabs_in_use;
   t.cache_alloc_hits = cache.alloc_hits;
   t.cache_alloc_misses = cache.alloc_misses;
   t.cache_free_hits = cache.free_hits;
@@ -65,7 +66,7 @@ void print_stats() {
   m.text(" large_bytes=").dec(t.large_bytes).text("\n").flush();
   m.text("fastmalloc: cpu_cache: alloc_hits=").dec(t.cache_alloc_hits).text(" alloc_misses=").dec(t.cache_alloc_misses);
   m.text(" free_hits=").dec(t.cache_free_hits).text(" free_misses=").dec(t.cache_free_misses);
-  m.text(" cached_bytes=").dec(t.cpu_cache_bytes).text("\n").flush();
+  m.text(" cached_bytes=").dec(t.cpu_cache_bytes).text(" caches=").dec(t.cpu_cache_slabs).text("\n").flush();
   m.text("fastmalloc: transfer_cache: hits=").dec(t.transfer_hits).text(" misses=").dec(t.transfer_misses);
   m.text(" cached_bytes=").dec(t.transfer_cache_bytes).text("\n").flush();
   m.text("fastmalloc: central: allocations=").dec(t.small_allocations).text(" span_misses=").dec(t.span_misses);

@@ -12,6 +12,7 @@ struct Totals {
   size_t small_live_objects;   // handed out by the central lists (caches included)
   size_t small_in_use_bytes;   // held by the program: handed out, less what the caches hold
   size_t cpu_cache_bytes;      // free objects in the per-CPU caches
+  size_t cpu_cache_slabs;      // per-CPU caches in use
   size_t transfer_cache_bytes; // free objects in the transfer caches
   size_t small_free_bytes;     // free objects inside spans that small classes own
   size_t small_span_bytes;     // pages the small classes own

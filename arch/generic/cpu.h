@@ -1,9 +1,7 @@
-// CPU facts and primitives for architectures without a tuned port.
+// CPU primitives for architectures without a tuned port: the spin-wait hint.
 #pragma once
 
 namespace fastmalloc::arch {
-
-inline constexpr unsigned kCacheLine = 64;
 
 inline void cpu_relax() { __asm__ __volatile__("" ::: "memory"); }
 

@@ -15,8 +15,6 @@ class Message {
   Message& pointer(const void* p) { return hex(reinterpret_cast<uintptr_t>(p)); }
   // Writes what has been built (it should end in '\n') to stderr and empties the buffer.
   void flush();
-  const char* data() const { return buf_; }
-  size_t size() const { return len_; }
 
  private:
   char buf_[512];

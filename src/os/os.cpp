@@ -90,22 +90,6 @@ void for_each_env(void (*visit)(const char* entry, void* ctx), void* ctx) {
   errno = saved_errno;
 }
 
-const char* getenv(const char* name) {
-  struct Query {
-    const char* name;
-    size_t len;
-    const char* value;
-  } query{name, strlen(name), nullptr};
-  for_each_env(
-      [](const char* entry, void* ctx) {
-        auto* q = static_cast<Query*>(ctx);
-        if (q->value == nullptr && strncmp(entry, q->name, q->len) == 0 && entry[q->len] == '=')
-          q->value = entry + q->len + 1;
-      },
-      &query);
-  return query.value;
-}
-
 void write_stderr(const char* text, size_t len) {
   int saved_errno = errno;
   while (len > 0) {

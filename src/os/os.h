@@ -28,12 +28,9 @@ bool release(void* addr, size_t bytes);
 void futex_wait(uint32_t* word, uint32_t expected);
 void futex_wake(uint32_t* word, int count);
 
-// The value of environment variable `name` in the startup environment, or nullptr. Works before
+// Calls `visit(entry)` for each "NAME=value" entry of the startup environment. Works before
 // libc has set up `environ` (it then reads /proc/self/environ once). Not thread-safe: the
-// options module calls these once, under its own guard.
-const char* getenv(const char* name);
-
-// Calls `visit(entry)` for each "NAME=value" entry of the startup environment.
+// options module calls it once, under its own guard.
 void for_each_env(void (*visit)(const char* entry, void* ctx), void* ctx);
 
 // Writes all of [text, text + len) to stderr, retrying on EINTR and short writes.
