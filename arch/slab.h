@@ -1,12 +1,16 @@
 // The per-CPU slab: what the critical sections (arch/*/percpu.h) and the cache policy
 // (src/cpu_cache.*) agree on. A slab is one CPU's cache of free objects, 2^kSlabShift bytes:
 //
+//   word 0                         allocation hits on this slab (counted by the pops)
 //   word c (0 < c < kNumClasses)   the header of size class c, one 64-bit word:
 //                                     bits  0-15  current  (slot index one past the top object)
 //                                     bits 32-47  begin    (first slot of the class)
 //                                     bits 48-63  end      (one past its last slot)
 //   words begin..end-1             the class's slots; begin..current-1 hold objects
+//   the last word                  free hits on this slab (counted by the pushes)
 //
+// The hit counters are incremented inside the critical sections, before the commit: a section
+// aborted after its increment counts twice, which is rare enough for statistics.
 // Indexes count 8-byte words from the slab's start. A pop misses when current <= begin, a push
 // when current >= end. An all-zero header (a slab not yet set up) therefore misses both ways, and
 // so does a "stopped" one (begin = 0xffff, end = 0), which is how a slab is fenced off while
@@ -22,6 +26,9 @@
 namespace fastmalloc::arch {
 
 inline constexpr uint64_t kSlabBytes = uint64_t{1} << kSlabShift;
+inline constexpr unsigned kAllocHitsWord = 0;
+inline constexpr unsigned kFreeHitsWord = kSlabBytes / sizeof(uint64_t) - 1;
+#define FASTMALLOC_SLAB_FREE_HITS_OFFSET ((1 << FASTMALLOC_SLAB_SHIFT) - 8)
 inline constexpr uint16_t kStoppedBegin = 0xffff, kStoppedEnd = 0;
 
 FM_ALWAYS_INLINE uint64_t* slab_of(uintptr_t slabs, uint32_t cpu) {
@@ -62,6 +69,7 @@ FM_ALWAYS_INLINE bool slab_pop_owned(uint64_t* slab, unsigned cls, void** out) {
   uint16_t current = header_current(header);
   if (current <= header_begin(header)) return false;
   *out = reinterpret_cast<void*>(slab[current - 1]);
+  ++slab[kAllocHitsWord];
   store_current(slab, cls, static_cast<uint16_t>(current - 1));
   return true;
 }
@@ -71,6 +79,7 @@ FM_ALWAYS_INLINE bool slab_push_owned(uint64_t* slab, unsigned cls, void* item) 
   uint16_t current = header_current(header);
   if (current >= header_end(header)) return false;
   slab[current] = reinterpret_cast<uint64_t>(item);
+  ++slab[kFreeHitsWord];
   store_current(slab, cls, static_cast<uint16_t>(current + 1));
   return true;
 }

@@ -18,8 +18,8 @@ extern "C" {
 void fastmalloc_stats_print(void);
 
 /* Reads one of the allocator's numbers into *value. Returns 0, or EINVAL for an unknown name.
- * Every value is a byte count, read without stopping other threads (so sums may be off by what
- * moved meanwhile):
+ * Values are read without stopping other threads (so sums may be off by what moved meanwhile);
+ * all are byte counts but the last four:
  *   "allocated_bytes"       held by the program: small blocks at their class size, plus large
  *                           blocks' mappings
  *   "heap_bytes"            mapped from the OS: pages for small blocks plus large blocks
@@ -31,7 +31,11 @@ void fastmalloc_stats_print(void);
  *   "large_bytes"           mapped for large blocks
  *   "metadata_bytes"        the allocator's own structures
  *   "remote_drain"          1 when malloc_trim can empty every CPU's cache, else 0 (rseq
- *                           without membarrier: only the caller's) */
+ *                           without membarrier: only the caller's)
+ *   "cpu_cache_alloc_hits", "cpu_cache_alloc_misses", "cpu_cache_free_hits",
+ *   "cpu_cache_free_misses" counts (not bytes) of mallocs and frees of cached sizes served by, or
+ *                           missing, the per-CPU caches; a critical section aborted after its
+ *                           count (preemption, a signal) counts twice */
 int fastmalloc_get_property(const char* name, size_t* value);
 
 #ifdef __cplusplus

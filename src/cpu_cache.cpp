@@ -17,7 +17,6 @@
 namespace fastmalloc {
 
 constinit PerCpuConfig g_percpu{};
-constinit __attribute__((tls_model("initial-exec"))) thread_local ThreadHits tls_hits{};
 
 namespace {
 
@@ -46,7 +45,7 @@ constexpr Layout make_layout() {
 }
 
 constexpr Layout kLayout = make_layout();
-static_assert(kLayout.end[kNumClasses - 1] <= arch::kSlabBytes / sizeof(uint64_t), "slots must fit in a slab");
+static_assert(kLayout.end[kNumClasses - 1] <= arch::kFreeHitsWord, "slots must fit in a slab, below its counter");
 static_assert(kNumClasses + 0u <= 0xffff);
 
 struct alignas(64) SlabControl {
@@ -62,7 +61,10 @@ CacheMode g_mode = CacheMode::kNotSetUp;
 bool g_own_registration = false;
 bool g_membarrier = false;
 SlabControl* g_control = nullptr;
-std::atomic<uint64_t> g_alloc_hits{0}, g_alloc_misses{0}, g_free_hits{0}, g_free_misses{0};
+std::atomic<uint64_t> g_alloc_misses{0}, g_free_misses{0};
+// The slabs count every pop and push; these are the ones the slow paths made themselves (a
+// refill's pushes, an overflow's pops), subtracted to report the program's hits.
+std::atomic<uint64_t> g_refill_pushes{0}, g_overflow_pops{0};
 
 void count(std::atomic<uint64_t>& counter, uint64_t n) { counter.fetch_add(n, std::memory_order_relaxed); }
 
@@ -129,17 +131,6 @@ uint32_t rseq_index() {
   return kNoSlab;
 }
 
-void fold_thread_hits() {
-  if (tls_hits.alloc != 0) {
-    count(g_alloc_hits, tls_hits.alloc);
-    tls_hits.alloc = 0;
-  }
-  if (tls_hits.free != 0) {
-    count(g_free_hits, tls_hits.free);
-    tls_hits.free = 0;
-  }
-}
-
 // Classes above 64 KiB skip the caches: a cache would save little next to the cost of using
 // such a block, and the central list can still check each free.
 void* take_from_central(unsigned cls) {
@@ -164,16 +155,14 @@ struct OwnedSlab {
 template <class Slab>
 void* refill_pop(const Slab& slab, unsigned cls) {
   void* p;
-  if (slab.pop(cls, &p)) {
-    count(g_alloc_hits, 1);
-    return p;
-  }
+  if (slab.pop(cls, &p)) return p;
   count(g_alloc_misses, 1);
   void* batch[kMaxBatch];
   int got = transfer_cache(cls).remove(batch, batch_size(cls));
   if (got == 0) return nullptr;
   int i = 0;
   while (i < got - 1 && slab.push(cls, batch[i])) ++i;
+  count(g_refill_pushes, static_cast<uint64_t>(i));
   if (i < got - 1) transfer_cache(cls).insert(batch + i, got - 1 - i);
   return batch[got - 1];
 }
@@ -182,15 +171,13 @@ void* refill_pop(const Slab& slab, unsigned cls) {
 // transfer cache.
 template <class Slab>
 void overflow_push(const Slab& slab, unsigned cls, void* p) {
-  if (slab.push(cls, p)) {
-    count(g_free_hits, 1);
-    return;
-  }
+  if (slab.push(cls, p)) return;
   count(g_free_misses, 1);
   void* batch[kMaxBatch + 1];
   int n = 0;
   int want = batch_size(cls);
   while (n < want && slab.pop(cls, &batch[n])) ++n;
+  count(g_overflow_pops, static_cast<uint64_t>(n));
   batch[n++] = p;
   transfer_cache(cls).insert(batch, n);
 }
@@ -210,7 +197,6 @@ void* take_one(unsigned cls) {
 }  // namespace
 
 void* cache_refill_pop(unsigned cls) {
-  fold_thread_hits();
   if (capacity_of(cls) == 0) return take_from_central(cls);
   if (FM_UNLIKELY(g_percpu.slabs == 0)) {
     setup();
@@ -228,7 +214,6 @@ void* cache_refill_pop(unsigned cls) {
 }
 
 void cache_overflow_push(unsigned cls, void* p) {
-  fold_thread_hits();
   if (capacity_of(cls) == 0) return central_list(cls).deallocate_batch(&p, 1);
   if (FM_UNLIKELY(g_percpu.slabs == 0)) {
     setup();
@@ -323,21 +308,26 @@ const char* cache_mode_name(CacheMode mode) {
 }
 
 CacheStats cache_stats() {
-  fold_thread_hits();
-  CacheStats stats{g_alloc_hits.load(std::memory_order_relaxed), g_alloc_misses.load(std::memory_order_relaxed),
-                   g_free_hits.load(std::memory_order_relaxed), g_free_misses.load(std::memory_order_relaxed), 0, 0,
-                   g_membarrier || g_mode == CacheMode::kLocked};
+  CacheStats stats{0, g_alloc_misses.load(std::memory_order_relaxed), 0, g_free_misses.load(std::memory_order_relaxed),
+                   0, 0, g_membarrier || g_mode == CacheMode::kLocked};
   if (g_percpu.slabs == 0) return stats;
   for (uint32_t i = 0; i < g_percpu.num_slabs; ++i) {
     if (!g_control[i].ready.load(std::memory_order_acquire)) continue;
     ++stats.slabs_in_use;
     const uint64_t* s = slab(i);
+    stats.alloc_hits += __atomic_load_n(&s[arch::kAllocHitsWord], __ATOMIC_RELAXED);
+    stats.free_hits += __atomic_load_n(&s[arch::kFreeHitsWord], __ATOMIC_RELAXED);
     for (unsigned cls = 1; cls < kNumClasses; ++cls) {
       uint64_t header = arch::load_header(s, cls);
       if (arch::header_begin(header) != kLayout.begin[cls]) continue;  // stopped for a drain
       stats.cached_bytes += uint64_t{size_class(cls).size} * (arch::header_current(header) - kLayout.begin[cls]);
     }
   }
+  // The counters are read while threads run: clamp, so a difference can never wrap.
+  uint64_t refill_pushes = g_refill_pushes.load(std::memory_order_relaxed);
+  uint64_t overflow_pops = g_overflow_pops.load(std::memory_order_relaxed);
+  stats.alloc_hits -= overflow_pops < stats.alloc_hits ? overflow_pops : stats.alloc_hits;
+  stats.free_hits -= refill_pushes < stats.free_hits ? refill_pushes : stats.free_hits;
   return stats;
 }
 

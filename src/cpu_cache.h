@@ -26,15 +26,6 @@ struct alignas(64) PerCpuConfig {
 };
 extern PerCpuConfig g_percpu;
 
-// Fast-path hits, counted per thread (one add, no sharing) and folded into the process's totals
-// on each slow path; a thread's last few are lost when it exits.
-struct ThreadHits {
-  uint64_t alloc;
-  uint64_t free;
-};
-// constinit: the compiler then knows there is no dynamic initialization to call first.
-extern constinit __attribute__((tls_model("initial-exec"))) thread_local ThreadHits tls_hits;
-
 FM_ALWAYS_INLINE bool cache_pop(unsigned cls, void** out) {
   const PerCpuConfig& c = g_percpu;
   if (FM_UNLIKELY(c.slabs == 0)) return false;

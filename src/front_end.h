@@ -44,19 +44,13 @@ FM_NOINLINE void deallocate_slow(void* p, const char* call);
 
 FM_ALWAYS_INLINE void* allocate_small(unsigned cls) {
   void* p;
-  if (FM_LIKELY(cache_pop(cls, &p))) {
-    ++tls_hits.alloc;
-    return p;
-  }
+  if (FM_LIKELY(cache_pop(cls, &p))) return p;
   p = cache_refill_pop(cls);
   return FM_LIKELY(p != nullptr) ? p : detail::out_of_memory();
 }
 
 FM_ALWAYS_INLINE void deallocate_small(unsigned cls, void* p) {
-  if (FM_LIKELY(cache_push(cls, p))) {
-    ++tls_hits.free;
-    return;
-  }
+  if (FM_LIKELY(cache_push(cls, p))) return;
   cache_overflow_push(cls, p);
 }
 

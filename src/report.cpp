@@ -92,6 +92,10 @@ bool lookup_property(const Totals& t, const char* name, size_t* value) {
       {"large_bytes", t.large_bytes},
       {"metadata_bytes", t.metadata_bytes},
       {"remote_drain", t.remote_drain ? 1u : 0u},
+      {"cpu_cache_alloc_hits", t.cache_alloc_hits},
+      {"cpu_cache_alloc_misses", t.cache_alloc_misses},
+      {"cpu_cache_free_hits", t.cache_free_hits},
+      {"cpu_cache_free_misses", t.cache_free_misses},
   };
   for (const auto& p : properties) {
     if (strcmp(p.name, name) == 0) {

@@ -78,6 +78,7 @@ inline constexpr uint32_t kRseqSignature = FASTMALLOC_RSEQ_SIG;
 //   current = slab[cls].current
 //   if (current <= slab[cls].begin) miss
 //   item = slab[current - 1]
+//   slab.alloc_hits++
 //   slab[cls].current = current - 1          <- commit
 // 2:
 FM_ALWAYS_INLINE bool percpu_pop(uintptr_t rseq, uint64_t cpu_field, uint64_t num_slabs, uintptr_t slabs,
@@ -89,6 +90,7 @@ FM_ALWAYS_INLINE bool percpu_pop(uintptr_t rseq, uint64_t cpu_field, uint64_t nu
            "cmpw 4(%[scratch], %[cls], 8), %w[current]\n\t"
            "jbe %l[miss]\n\t"
            "movq -8(%[scratch], %[current], 8), %[item]\n\t"
+           "incq (%[scratch])\n\t"
            "decl %k[current]\n\t"
            "movw %w[current], (%[scratch], %[cls], 8)\n\t"
            "2:\n\t"
@@ -114,6 +116,7 @@ miss:
 //   current = slab[cls].current
 //   if (current >= slab[cls].end) miss
 //   slab[current] = item                      (above current: invisible until the commit)
+//   slab.free_hits++
 //   slab[cls].current = current + 1          <- commit
 // 2:
 FM_ALWAYS_INLINE bool percpu_push(uintptr_t rseq, uint64_t cpu_field, uint64_t num_slabs, uintptr_t slabs,
@@ -124,6 +127,7 @@ FM_ALWAYS_INLINE bool percpu_push(uintptr_t rseq, uint64_t cpu_field, uint64_t n
            "cmpw 6(%[scratch], %[cls], 8), %w[current]\n\t"
            "jae %l[miss]\n\t"
            "movq %[item], (%[scratch], %[current], 8)\n\t"
+           "incq " FM_STR(FASTMALLOC_SLAB_FREE_HITS_OFFSET) "(%[scratch])\n\t"
            "incl %k[current]\n\t"
            "movw %w[current], (%[scratch], %[cls], 8)\n\t"
            "2:\n\t"

@@ -154,3 +154,32 @@ TEST_CASE("malloc_trim empties every CPU's cache, the ones other threads filled 
     REQUIRE(cached_after <= cached_before);
   }
 }
+
+TEST_CASE("per-CPU hit and miss counts add up to the calls made") {
+  using GetProperty = int (*)(const char*, size_t*);
+  auto get_property = reinterpret_cast<GetProperty>(dlsym(RTLD_DEFAULT, "fastmalloc_get_property"));
+  REQUIRE(get_property != nullptr);
+  auto counts = [&](const char* hits, const char* misses) {
+    size_t h = 0, m = 0;
+    get_property(hits, &h);
+    get_property(misses, &m);
+    return h + m;
+  };
+  // Threads that exit must not take their counts with them: run the calls on a new thread.
+  constexpr size_t kCalls = 20000;
+  size_t allocs_before = counts("cpu_cache_alloc_hits", "cpu_cache_alloc_misses");
+  size_t frees_before = counts("cpu_cache_free_hits", "cpu_cache_free_misses");
+  std::thread([] {
+    std::vector<void*> blocks;
+    blocks.reserve(kCalls);
+    for (size_t i = 0; i < kCalls; ++i) blocks.push_back(malloc(16 + i % 200));
+    for (void* p : blocks) free(p);
+  }).join();
+  size_t allocs = counts("cpu_cache_alloc_hits", "cpu_cache_alloc_misses") - allocs_before;
+  size_t frees = counts("cpu_cache_free_hits", "cpu_cache_free_misses") - frees_before;
+  // The thread's own start and exit allocate a little too; aborted sections count twice.
+  REQUIRE(allocs >= kCalls);
+  REQUIRE(allocs <= kCalls + kCalls / 50);
+  REQUIRE(frees >= kCalls);
+  REQUIRE(frees <= kCalls + kCalls / 50);
+}
