@@ -85,3 +85,29 @@ FM_ALWAYS_INLINE bool slab_push_owned(uint64_t* slab, unsigned cls, void* item) 
 }
 
 }  // namespace fastmalloc::arch
+
+namespace fastmalloc::arch {
+
+// Batch moves for an owner of the slab, like the batch sections (and, like them, uncounted).
+inline int slab_pop_batch_owned(uint64_t* slab, unsigned cls, void** out, int n) {
+  uint64_t header = load_header(slab, cls);
+  int current = header_current(header), available = current - header_begin(header);
+  int k = available < n ? available : n;
+  if (k <= 0) return 0;
+  current -= k;
+  for (int i = 0; i < k; ++i) out[i] = reinterpret_cast<void*>(slab[current + i]);
+  store_current(slab, cls, static_cast<uint16_t>(current));
+  return k;
+}
+
+inline int slab_push_batch_owned(uint64_t* slab, unsigned cls, void* const* in, int n) {
+  uint64_t header = load_header(slab, cls);
+  int current = header_current(header), room = header_end(header) - current;
+  int k = room < n ? room : n;
+  if (k <= 0) return 0;
+  for (int i = 0; i < k; ++i) slab[current + i] = reinterpret_cast<uint64_t>(in[i]);
+  store_current(slab, cls, static_cast<uint16_t>(current + k));
+  return k;
+}
+
+}  // namespace fastmalloc::arch

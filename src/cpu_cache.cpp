@@ -62,9 +62,6 @@ bool g_own_registration = false;
 bool g_membarrier = false;
 SlabControl* g_control = nullptr;
 std::atomic<uint64_t> g_alloc_misses{0}, g_free_misses{0};
-// The slabs count every pop and push; these are the ones the slow paths made themselves (a
-// refill's pushes, an overflow's pops), subtracted to report the program's hits.
-std::atomic<uint64_t> g_refill_pushes{0}, g_overflow_pops{0};
 
 void count(std::atomic<uint64_t>& counter, uint64_t n) { counter.fetch_add(n, std::memory_order_relaxed); }
 
@@ -143,11 +140,25 @@ void* take_from_central(unsigned cls) {
 struct RseqSlab {
   bool pop(unsigned cls, void** out) const { return cache_pop(cls, out); }
   bool push(unsigned cls, void* p) const { return cache_push(cls, p); }
+  int pop_batch(unsigned cls, void** out, int n) const {
+    const PerCpuConfig& c = g_percpu;
+    return arch::percpu_pop_batch(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, out,
+                                  static_cast<uint64_t>(n));
+  }
+  int push_batch(unsigned cls, void* const* in, int n) const {
+    const PerCpuConfig& c = g_percpu;
+    return arch::percpu_push_batch(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, in,
+                                   static_cast<uint64_t>(n));
+  }
 };
 struct OwnedSlab {
   uint64_t* slab;
   bool pop(unsigned cls, void** out) const { return arch::slab_pop_owned(slab, cls, out); }
   bool push(unsigned cls, void* p) const { return arch::slab_push_owned(slab, cls, p); }
+  int pop_batch(unsigned cls, void** out, int n) const { return arch::slab_pop_batch_owned(slab, cls, out, n); }
+  int push_batch(unsigned cls, void* const* in, int n) const {
+    return arch::slab_push_batch_owned(slab, cls, in, n);
+  }
 };
 
 // After a miss that may not be real (an abort, a slab or thread just set up), tries once more;
@@ -160,10 +171,8 @@ void* refill_pop(const Slab& slab, unsigned cls) {
   void* batch[kMaxBatch];
   int got = transfer_cache(cls).remove(batch, batch_size(cls));
   if (got == 0) return nullptr;
-  int i = 0;
-  while (i < got - 1 && slab.push(cls, batch[i])) ++i;
-  count(g_refill_pushes, static_cast<uint64_t>(i));
-  if (i < got - 1) transfer_cache(cls).insert(batch + i, got - 1 - i);
+  int kept = got > 1 ? slab.push_batch(cls, batch, got - 1) : 0;
+  if (kept < got - 1) transfer_cache(cls).insert(batch + kept, got - 1 - kept);
   return batch[got - 1];
 }
 
@@ -174,10 +183,7 @@ void overflow_push(const Slab& slab, unsigned cls, void* p) {
   if (slab.push(cls, p)) return;
   count(g_free_misses, 1);
   void* batch[kMaxBatch + 1];
-  int n = 0;
-  int want = batch_size(cls);
-  while (n < want && slab.pop(cls, &batch[n])) ++n;
-  count(g_overflow_pops, static_cast<uint64_t>(n));
+  int n = slab.pop_batch(cls, batch, batch_size(cls));
   batch[n++] = p;
   transfer_cache(cls).insert(batch, n);
 }
@@ -323,11 +329,6 @@ CacheStats cache_stats() {
       stats.cached_bytes += uint64_t{size_class(cls).size} * (arch::header_current(header) - kLayout.begin[cls]);
     }
   }
-  // The counters are read while threads run: clamp, so a difference can never wrap.
-  uint64_t refill_pushes = g_refill_pushes.load(std::memory_order_relaxed);
-  uint64_t overflow_pops = g_overflow_pops.load(std::memory_order_relaxed);
-  stats.alloc_hits -= overflow_pops < stats.alloc_hits ? overflow_pops : stats.alloc_hits;
-  stats.free_hits -= refill_pushes < stats.free_hits ? refill_pushes : stats.free_hits;
   return stats;
 }
 

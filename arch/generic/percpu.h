@@ -15,5 +15,13 @@ inline constexpr uint32_t kRseqSignature = 0;
 
 FM_ALWAYS_INLINE bool percpu_pop(uintptr_t, uint64_t, uint64_t, uintptr_t, uint64_t, void**) { return false; }
 FM_ALWAYS_INLINE bool percpu_push(uintptr_t, uint64_t, uint64_t, uintptr_t, uint64_t, void*) { return false; }
+FM_ALWAYS_INLINE int percpu_pop_batch(uintptr_t, uint64_t, const uint64_t&, const uintptr_t&, uint64_t, void**,
+                                      uint64_t) {
+  return 0;
+}
+FM_ALWAYS_INLINE int percpu_push_batch(uintptr_t, uint64_t, const uint64_t&, const uintptr_t&, uint64_t,
+                                       void* const*, uint64_t) {
+  return 0;
+}
 
 }  // namespace fastmalloc::arch

@@ -142,4 +142,86 @@ miss:
   return false;
 }
 
+// Batch moves for the slow paths: up to n objects between the slab and an array, in one section
+// (refill pushes a batch in, overflow pops one out). They count no hits: the program's calls are
+// counted by the single-object sections. Return how many moved; 0 on a miss (empty or full,
+// not set up, stopped, out of range, aborted). The array is the caller's, so writing it before
+// the commit is harmless if the section aborts.
+//
+// pop_batch:                                  push_batch:
+//   rseq->rseq_cs = &descriptor                 (the same start)
+// 1:cpu, slab, current as in percpu_pop         k = slab[cls].end - current
+//   k = current - slab[cls].begin               if (k <= 0) miss; k = min(k, n)
+//   if (k <= 0) miss; k = min(k, n)             for i in 0..k-1: slab[current + i] = in[i]
+//   current -= k                                slab[cls].current = current + k   <- commit
+//   for i in 0..k-1: out[i] = slab[current + i]
+//   slab[cls].current = current                <- commit
+// 2:
+FM_ALWAYS_INLINE int percpu_pop_batch(uintptr_t rseq, uint64_t cpu_field, const uint64_t& num_slabs,
+                                      const uintptr_t& slabs, uint64_t cls, void** out, uint64_t n) {
+  uint64_t scratch, current, k, index, item, from;
+  asm volatile goto(FM_RSEQ_DESCRIPTOR
+           FM_RSEQ_SLAB_HEADER
+           "movzwl 4(%[scratch], %[cls], 8), %k[item]\n\t"
+           "movq %[current], %[k]\n\t"
+           "subq %[item], %[k]\n\t"
+           "jle %l[miss]\n\t"
+           "cmpq %[n], %[k]\n\t"
+           "cmovaq %[n], %[k]\n\t"
+           "subq %[k], %[current]\n\t"
+           "leaq (%[scratch], %[current], 8), %[from]\n\t"
+           "xorl %k[index], %k[index]\n\t"
+           "3:\n\t"
+           "movq (%[from], %[index], 8), %[item]\n\t"
+           "movq %[item], (%[out], %[index], 8)\n\t"
+           "incq %[index]\n\t"
+           "cmpq %[k], %[index]\n\t"
+           "jb 3b\n\t"
+           "movw %w[current], (%[scratch], %[cls], 8)\n\t"
+           "2:\n\t"
+           FM_RSEQ_ABORT(miss)
+           : [scratch] "=&r"(scratch), [current] "=&r"(current), [k] "=&r"(k), [index] "=&r"(index),
+             [item] "=&r"(item), [from] "=&r"(from)
+           : [rseq] "r"(rseq), [cpu_field] "r"(cpu_field), [num_slabs] "m"(num_slabs), [slabs] "m"(slabs),
+             [cls] "r"(cls), [out] "r"(out), [n] "r"(n)
+           : "memory", "cc"
+           : miss);
+  return static_cast<int>(k);
+miss:
+  return 0;
+}
+
+FM_ALWAYS_INLINE int percpu_push_batch(uintptr_t rseq, uint64_t cpu_field, const uint64_t& num_slabs,
+                                       const uintptr_t& slabs, uint64_t cls, void* const* in, uint64_t n) {
+  uint64_t scratch, current, k, index, item, to;
+  asm volatile goto(FM_RSEQ_DESCRIPTOR
+           FM_RSEQ_SLAB_HEADER
+           "movzwl 6(%[scratch], %[cls], 8), %k[k]\n\t"
+           "subq %[current], %[k]\n\t"
+           "jle %l[miss]\n\t"
+           "cmpq %[n], %[k]\n\t"
+           "cmovaq %[n], %[k]\n\t"
+           "leaq (%[scratch], %[current], 8), %[to]\n\t"
+           "xorl %k[index], %k[index]\n\t"
+           "3:\n\t"
+           "movq (%[in], %[index], 8), %[item]\n\t"
+           "movq %[item], (%[to], %[index], 8)\n\t"
+           "incq %[index]\n\t"
+           "cmpq %[k], %[index]\n\t"
+           "jb 3b\n\t"
+           "addq %[k], %[current]\n\t"
+           "movw %w[current], (%[scratch], %[cls], 8)\n\t"
+           "2:\n\t"
+           FM_RSEQ_ABORT(miss)
+           : [scratch] "=&r"(scratch), [current] "=&r"(current), [k] "=&r"(k), [index] "=&r"(index),
+             [item] "=&r"(item), [to] "=&r"(to)
+           : [rseq] "r"(rseq), [cpu_field] "r"(cpu_field), [num_slabs] "m"(num_slabs), [slabs] "m"(slabs),
+             [cls] "r"(cls), [in] "r"(in), [n] "r"(n)
+           : "memory", "cc"
+           : miss);
+  return static_cast<int>(k);
+miss:
+  return 0;
+}
+
 }  // namespace fastmalloc::arch
