@@ -46,7 +46,6 @@ constexpr Layout make_layout() {
 
 constexpr Layout kLayout = make_layout();
 static_assert(kLayout.end[kNumClasses - 1] <= arch::kFreeHitsWord, "slots must fit in a slab, below its counter");
-static_assert(kNumClasses + 0u <= 0xffff);
 
 struct alignas(64) SlabControl {
   Mutex lock;
@@ -66,6 +65,10 @@ std::atomic<uint64_t> g_alloc_misses{0}, g_free_misses{0};
 void count(std::atomic<uint64_t>& counter, uint64_t n) { counter.fetch_add(n, std::memory_order_relaxed); }
 
 uint64_t* slab(uint32_t index) { return arch::slab_of(g_percpu.slabs, index); }
+
+// Slow paths test setup with an acquire load, so the mode and the rest of g_percpu written
+// before the release store of `slabs` are seen too.
+bool is_set_up() { return __atomic_load_n(&g_percpu.slabs, __ATOMIC_ACQUIRE) != 0; }
 
 uintptr_t rseq_area() { return reinterpret_cast<uintptr_t>(__builtin_thread_pointer()) + g_percpu.rseq_area_offset; }
 
@@ -204,9 +207,9 @@ void* take_one(unsigned cls) {
 
 void* cache_refill_pop(unsigned cls) {
   if (capacity_of(cls) == 0) return take_from_central(cls);
-  if (FM_UNLIKELY(g_percpu.slabs == 0)) {
+  if (FM_UNLIKELY(!is_set_up())) {
     setup();
-    if (g_percpu.slabs == 0) return take_one(cls);
+    if (!is_set_up()) return take_one(cls);
   }
   if (g_mode == CacheMode::kLocked) {
     uint32_t index = locked_slab_index();
@@ -221,9 +224,9 @@ void* cache_refill_pop(unsigned cls) {
 
 void cache_overflow_push(unsigned cls, void* p) {
   if (capacity_of(cls) == 0) return central_list(cls).deallocate_batch(&p, 1);
-  if (FM_UNLIKELY(g_percpu.slabs == 0)) {
+  if (FM_UNLIKELY(!is_set_up())) {
     setup();
-    if (g_percpu.slabs == 0) return transfer_cache(cls).insert(&p, 1);
+    if (!is_set_up()) return transfer_cache(cls).insert(&p, 1);
   }
   if (g_mode == CacheMode::kLocked) {
     uint32_t index = locked_slab_index();
@@ -268,7 +271,7 @@ void set_stopped(uint32_t index, bool stopped) {
 }  // namespace
 
 void cache_drain_all() {
-  if (g_percpu.slabs == 0) return;
+  if (!is_set_up()) return;
   uint32_t num_slabs = static_cast<uint32_t>(g_percpu.num_slabs);
   if (g_mode == CacheMode::kLocked) {
     for (uint32_t i = 0; i < num_slabs; ++i) {
@@ -299,7 +302,7 @@ void cache_drain_all() {
 }
 
 CacheMode cache_mode() {
-  if (g_percpu.slabs == 0) setup();
+  if (!is_set_up()) setup();
   return g_mode;
 }
 
@@ -314,9 +317,11 @@ const char* cache_mode_name(CacheMode mode) {
 }
 
 CacheStats cache_stats() {
-  CacheStats stats{0, g_alloc_misses.load(std::memory_order_relaxed), 0, g_free_misses.load(std::memory_order_relaxed),
-                   0, 0, g_membarrier || g_mode == CacheMode::kLocked};
-  if (g_percpu.slabs == 0) return stats;
+  CacheStats stats{};
+  stats.alloc_misses = g_alloc_misses.load(std::memory_order_relaxed);
+  stats.free_misses = g_free_misses.load(std::memory_order_relaxed);
+  if (!is_set_up()) return stats;
+  stats.can_drain_remote = g_membarrier || g_mode == CacheMode::kLocked;
   for (uint32_t i = 0; i < g_percpu.num_slabs; ++i) {
     if (!g_control[i].ready.load(std::memory_order_acquire)) continue;
     ++stats.slabs_in_use;
