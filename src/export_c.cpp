@@ -110,13 +110,13 @@ FM_EXPORT int malloc_trim(size_t) noexcept {
 FM_EXPORT struct mallinfo2 mallinfo2() noexcept {
   Totals t = gather_totals();
   struct mallinfo2 info {};
-  info.arena = t.heap_system_bytes;
-  info.ordblks = t.heap_free_spans;
-  info.hblks = t.large_count;
-  info.hblkhd = t.large_bytes;
+  info.arena = t.heap.system_bytes;
+  info.ordblks = t.heap.free_spans;
+  info.hblks = t.heap.large_count;
+  info.hblkhd = t.heap.large_bytes;
   info.uordblks = t.small_in_use_bytes;
-  info.fordblks = t.heap_free_bytes + t.small_free_bytes + t.cpu_cache_bytes + t.transfer_cache_bytes;
-  info.keepcost = t.heap_free_bytes - t.heap_released_bytes;
+  info.fordblks = t.heap.free_bytes + t.small_free_bytes + t.cache.cached_bytes + t.transfer_cache_bytes;
+  info.keepcost = t.heap.free_bytes - t.heap.released_bytes;
   return info;
 }
 

@@ -31,28 +31,13 @@ Totals gather_totals() {
     t.transfer_hits += x.hits;
     t.transfer_misses += x.misses;
   }
-  CacheStats cache = cache_stats();
-  t.cpu_cache_bytes = cache.cached_bytes;
-  t.cpu_cache_slabs = cache.slabs_in_use;
-  t.cache_alloc_hits = cache.alloc_hits;
-  t.cache_alloc_misses = cache.alloc_misses;
-  t.cache_free_hits = cache.free_hits;
-  t.cache_free_misses = cache.free_misses;
+  t.cache = cache_stats();
   t.mode = cache_mode_name(cache_mode());
-  t.remote_drain = cache.can_drain_remote;
   // Objects in the caches count as handed out for the central lists, but the program does not
   // hold them.
   t.small_free_bytes = minus(t.small_span_bytes, t.small_in_use_bytes);
-  t.small_in_use_bytes = minus(t.small_in_use_bytes, t.cpu_cache_bytes + t.transfer_cache_bytes);
-  PageHeapStats h = g_page_heap.stats();
-  t.heap_system_bytes = h.system_bytes;
-  t.heap_free_bytes = h.free_bytes;
-  t.heap_released_bytes = h.released_bytes;
-  t.heap_free_spans = h.free_spans;
-  t.large_count = h.large_count;
-  t.large_bytes = h.large_bytes;
-  t.heap_allocations = h.allocations;
-  t.heap_grows = h.grows;
+  t.small_in_use_bytes = minus(t.small_in_use_bytes, t.cache.cached_bytes + t.transfer_cache_bytes);
+  t.heap = g_page_heap.stats();
   t.metadata_bytes = g_meta_arena.mapped_bytes();
   return t;
 }
@@ -61,19 +46,19 @@ void print_stats() {
   Totals t = gather_totals();
   os::Message m;
   m.text("fastmalloc: mode=").text(t.mode).text("\n").flush();
-  m.text("fastmalloc: in_use_bytes=").dec(t.small_in_use_bytes + t.large_bytes);
-  m.text(" small_in_use_bytes=").dec(t.small_in_use_bytes).text(" large_blocks=").dec(t.large_count);
-  m.text(" large_bytes=").dec(t.large_bytes).text("\n").flush();
-  m.text("fastmalloc: cpu_cache: alloc_hits=").dec(t.cache_alloc_hits).text(" alloc_misses=").dec(t.cache_alloc_misses);
-  m.text(" free_hits=").dec(t.cache_free_hits).text(" free_misses=").dec(t.cache_free_misses);
-  m.text(" cached_bytes=").dec(t.cpu_cache_bytes).text(" caches=").dec(t.cpu_cache_slabs).text("\n").flush();
+  m.text("fastmalloc: in_use_bytes=").dec(t.small_in_use_bytes + t.heap.large_bytes);
+  m.text(" small_in_use_bytes=").dec(t.small_in_use_bytes).text(" large_blocks=").dec(t.heap.large_count);
+  m.text(" large_bytes=").dec(t.heap.large_bytes).text("\n").flush();
+  m.text("fastmalloc: cpu_cache: alloc_hits=").dec(t.cache.alloc_hits).text(" alloc_misses=").dec(t.cache.alloc_misses);
+  m.text(" free_hits=").dec(t.cache.free_hits).text(" free_misses=").dec(t.cache.free_misses);
+  m.text(" cached_bytes=").dec(t.cache.cached_bytes).text(" caches=").dec(t.cache.slabs_in_use).text("\n").flush();
   m.text("fastmalloc: transfer_cache: hits=").dec(t.transfer_hits).text(" misses=").dec(t.transfer_misses);
   m.text(" cached_bytes=").dec(t.transfer_cache_bytes).text("\n").flush();
   m.text("fastmalloc: central: allocations=").dec(t.small_allocations).text(" span_misses=").dec(t.span_misses);
   m.text(" span_bytes=").dec(t.small_span_bytes).text(" free_object_bytes=").dec(t.small_free_bytes).text("\n").flush();
-  m.text("fastmalloc: page_heap: allocations=").dec(t.heap_allocations).text(" grows=").dec(t.heap_grows);
-  m.text(" mapped_bytes=").dec(t.heap_system_bytes).text(" free_bytes=").dec(t.heap_free_bytes);
-  m.text(" released_bytes=").dec(t.heap_released_bytes).text(" free_spans=").dec(t.heap_free_spans).text("\n").flush();
+  m.text("fastmalloc: page_heap: allocations=").dec(t.heap.allocations).text(" grows=").dec(t.heap.grows);
+  m.text(" mapped_bytes=").dec(t.heap.system_bytes).text(" free_bytes=").dec(t.heap.free_bytes);
+  m.text(" released_bytes=").dec(t.heap.released_bytes).text(" free_spans=").dec(t.heap.free_spans).text("\n").flush();
   m.text("fastmalloc: metadata_bytes=").dec(t.metadata_bytes).text("\n").flush();
 }
 
@@ -82,20 +67,20 @@ bool lookup_property(const Totals& t, const char* name, size_t* value) {
     const char* name;
     size_t value;
   } properties[] = {
-      {"allocated_bytes", t.small_in_use_bytes + t.large_bytes},
-      {"heap_bytes", t.heap_system_bytes + t.large_bytes},
-      {"cpu_cache_bytes", t.cpu_cache_bytes},
+      {"allocated_bytes", t.small_in_use_bytes + t.heap.large_bytes},
+      {"heap_bytes", t.heap.system_bytes + t.heap.large_bytes},
+      {"cpu_cache_bytes", t.cache.cached_bytes},
       {"transfer_cache_bytes", t.transfer_cache_bytes},
       {"central_free_bytes", t.small_free_bytes},
-      {"page_heap_free_bytes", t.heap_free_bytes},
-      {"released_bytes", t.heap_released_bytes},
-      {"large_bytes", t.large_bytes},
+      {"page_heap_free_bytes", t.heap.free_bytes},
+      {"released_bytes", t.heap.released_bytes},
+      {"large_bytes", t.heap.large_bytes},
       {"metadata_bytes", t.metadata_bytes},
-      {"remote_drain", t.remote_drain ? 1u : 0u},
-      {"cpu_cache_alloc_hits", t.cache_alloc_hits},
-      {"cpu_cache_alloc_misses", t.cache_alloc_misses},
-      {"cpu_cache_free_hits", t.cache_free_hits},
-      {"cpu_cache_free_misses", t.cache_free_misses},
+      {"remote_drain", t.cache.can_drain_remote ? 1u : 0u},
+      {"cpu_cache_alloc_hits", t.cache.alloc_hits},
+      {"cpu_cache_alloc_misses", t.cache.alloc_misses},
+      {"cpu_cache_free_hits", t.cache.free_hits},
+      {"cpu_cache_free_misses", t.cache.free_misses},
   };
   for (const auto& p : properties) {
     if (strcmp(p.name, name) == 0) {
@@ -120,9 +105,9 @@ int write_malloc_info(FILE* out) {
                   "</heap>\n"
                   "<system type=\"metadata\" size=\"%zu\"/>\n"
                   "</malloc>\n",
-                  t.small_live_objects, t.small_in_use_bytes, t.heap_free_spans, t.heap_free_bytes + t.small_free_bytes,
-                  t.cpu_cache_bytes + t.transfer_cache_bytes, t.large_count, t.large_bytes, t.heap_system_bytes,
-                  t.heap_released_bytes, t.metadata_bytes);
+                  t.small_live_objects, t.small_in_use_bytes, t.heap.free_spans, t.heap.free_bytes + t.small_free_bytes,
+                  t.cache.cached_bytes + t.transfer_cache_bytes, t.heap.large_count, t.heap.large_bytes, t.heap.system_bytes,
+                  t.heap.released_bytes, t.metadata_bytes);
   return n < 0 ? -1 : 0;
 }
 

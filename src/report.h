@@ -6,28 +6,25 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "cpu_cache.h"
+#include "page_heap.h"
+
 namespace fastmalloc {
 
 struct Totals {
+  // The per-CPU caches and the page heap report for themselves.
+  CacheStats cache;
+  PageHeapStats heap;
+  const char* mode;
+  // Summed over the size classes' transfer caches and central lists.
   size_t small_live_objects;   // handed out by the central lists (caches included)
   size_t small_in_use_bytes;   // held by the program: handed out, less what the caches hold
-  size_t cpu_cache_bytes;      // free objects in the per-CPU caches
-  size_t cpu_cache_slabs;      // per-CPU caches in use
   size_t transfer_cache_bytes; // free objects in the transfer caches
   size_t small_free_bytes;     // free objects inside spans that small classes own
   size_t small_span_bytes;     // pages the small classes own
-  size_t heap_system_bytes;    // mapped from the OS for small spans
-  size_t heap_free_bytes;      // free pages in the page heap (released ones included)
-  size_t heap_released_bytes;  // of those, given back to the OS
-  size_t heap_free_spans;
-  size_t large_count, large_bytes;
-  size_t metadata_bytes;
   uint64_t small_allocations, span_misses;
-  uint64_t cache_alloc_hits, cache_alloc_misses, cache_free_hits, cache_free_misses;
   uint64_t transfer_hits, transfer_misses;
-  uint64_t heap_allocations, heap_grows;
-  const char* mode;
-  bool remote_drain;
+  size_t metadata_bytes;
 };
 
 Totals gather_totals();
