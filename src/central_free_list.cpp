@@ -6,7 +6,7 @@
 
 namespace fastmalloc {
 
-constinit CentralLists g_central = central_detail::make_lists(std::make_index_sequence<kNumClasses>{});
+constinit PerClass<CentralFreeList> g_central = make_per_class<CentralFreeList>();
 
 namespace {
 void store(std::atomic<uint64_t>& counter, uint64_t value) { counter.store(value, std::memory_order_relaxed); }

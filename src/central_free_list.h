@@ -7,7 +7,6 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <utility>
 
 #include "page_heap.h"
 #include "size_classes.h"
@@ -49,18 +48,7 @@ class CentralFreeList {
   std::atomic<uint64_t> live_{0}, spans_{0}, allocations_{0}, span_misses_{0};
 };
 
-struct CentralLists {
-  CentralFreeList list[kNumClasses];  // indexed by class; entry 0 is unused
-};
-
-namespace central_detail {
-template <size_t... I>
-constexpr CentralLists make_lists(std::index_sequence<I...>) {
-  return CentralLists{{CentralFreeList(I)...}};
-}
-}  // namespace central_detail
-
-extern CentralLists g_central;
-FM_ALWAYS_INLINE CentralFreeList& central_list(unsigned cls) { return g_central.list[cls]; }
+extern PerClass<CentralFreeList> g_central;
+FM_ALWAYS_INLINE CentralFreeList& central_list(unsigned cls) { return g_central.of[cls]; }
 
 }  // namespace fastmalloc

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "base.h"
 
@@ -97,6 +98,26 @@ FM_ALWAYS_INLINE unsigned size_to_class(size_t size) {
 FM_ALWAYS_INLINE bool is_object_boundary(unsigned cls, uint64_t offset) {
   const SizeClass& sc = size_class(cls);
   return offset < sc.used_bytes && offset * sc.div_magic < sc.div_magic;
+}
+
+// One T per size class, each constructed at compile time from its class index (entry 0 is
+// unused). For per-class structures that hold a lock and so can be neither copied nor filled
+// in by a loop: every entry is built in place.
+template <class T>
+struct PerClass {
+  T of[kNumClasses];
+};
+
+namespace size_class_detail {
+template <class T, size_t... I>
+constexpr PerClass<T> make_per_class(std::index_sequence<I...>) {
+  return PerClass<T>{{T(static_cast<unsigned>(I))...}};
+}
+}  // namespace size_class_detail
+
+template <class T>
+constexpr PerClass<T> make_per_class() {
+  return size_class_detail::make_per_class<T>(std::make_index_sequence<kNumClasses>{});
 }
 
 }  // namespace fastmalloc

@@ -5,7 +5,7 @@
 
 namespace fastmalloc {
 
-constinit TransferCaches g_transfer = transfer_detail::make_caches(std::make_index_sequence<kNumClasses>{});
+constinit PerClass<TransferCache> g_transfer = make_per_class<TransferCache>();
 
 namespace {
 void add(std::atomic<uint64_t>& counter, uint64_t n) {

@@ -7,7 +7,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <utility>
 
 #include "central_free_list.h"
 #include "size_classes.h"
@@ -54,18 +53,7 @@ class TransferCache {
   std::atomic<uint64_t> hits_{0}, misses_{0}, stocked_{0};
 };
 
-struct TransferCaches {
-  TransferCache cache[kNumClasses];  // indexed by class; entry 0 is unused
-};
-
-namespace transfer_detail {
-template <size_t... I>
-constexpr TransferCaches make_caches(std::index_sequence<I...>) {
-  return TransferCaches{{TransferCache(I)...}};
-}
-}  // namespace transfer_detail
-
-extern TransferCaches g_transfer;
-FM_ALWAYS_INLINE TransferCache& transfer_cache(unsigned cls) { return g_transfer.cache[cls]; }
+extern PerClass<TransferCache> g_transfer;
+FM_ALWAYS_INLINE TransferCache& transfer_cache(unsigned cls) { return g_transfer.of[cls]; }
 
 }  // namespace fastmalloc
