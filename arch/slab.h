@@ -1,13 +1,13 @@
 // The per-CPU slab: what the critical sections (arch/*/percpu.h) and the cache policy
 // (src/cpu_cache.*) agree on. A slab is one CPU's cache of free objects, 2^kSlabShift bytes:
 //
-//   word 0                         allocation hits on this slab (counted by the pops)
+//   word 0                         allocation hits on this slab (counted by the counting pops)
 //   word c (0 < c < kNumClasses)   the header of size class c, one 64-bit word:
 //                                     bits  0-15  current  (slot index one past the top object)
 //                                     bits 32-47  begin    (first slot of the class)
 //                                     bits 48-63  end      (one past its last slot)
 //   words begin..end-1             the class's slots; begin..current-1 hold objects
-//   the last word                  free hits on this slab (counted by the pushes)
+//   the last word                  free hits on this slab (counted by the counting pushes)
 //
 // The hit counters are incremented inside the critical sections, before the commit: a section
 // aborted after its increment counts twice, which is rare enough for statistics.
@@ -64,22 +64,22 @@ FM_ALWAYS_INLINE void store_bounds(uint64_t* slab, unsigned cls, uint16_t begin,
 
 // Pop and push in plain C, for a caller that owns the slab by other means (the slab's lock, in
 // the mode without rseq). They follow the same rules as the critical sections.
-FM_ALWAYS_INLINE bool slab_pop_owned(uint64_t* slab, unsigned cls, void** out) {
+FM_ALWAYS_INLINE bool slab_pop_owned(uint64_t* slab, unsigned cls, void** out, bool count_hit) {
   uint64_t header = load_header(slab, cls);
   uint16_t current = header_current(header);
   if (current <= header_begin(header)) return false;
   *out = reinterpret_cast<void*>(slab[current - 1]);
-  ++slab[kAllocHitsWord];
+  if (count_hit) ++slab[kAllocHitsWord];
   store_current(slab, cls, static_cast<uint16_t>(current - 1));
   return true;
 }
 
-FM_ALWAYS_INLINE bool slab_push_owned(uint64_t* slab, unsigned cls, void* item) {
+FM_ALWAYS_INLINE bool slab_push_owned(uint64_t* slab, unsigned cls, void* item, bool count_hit) {
   uint64_t header = load_header(slab, cls);
   uint16_t current = header_current(header);
   if (current >= header_end(header)) return false;
   slab[current] = reinterpret_cast<uint64_t>(item);
-  ++slab[kFreeHitsWord];
+  if (count_hit) ++slab[kFreeHitsWord];
   store_current(slab, cls, static_cast<uint16_t>(current + 1));
   return true;
 }

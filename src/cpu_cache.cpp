@@ -59,6 +59,7 @@ bool g_setup_failed = false;
 CacheMode g_mode = CacheMode::kNotSetUp;
 bool g_own_registration = false;
 bool g_membarrier = false;
+bool g_count_hits = false;  // FASTMALLOC_STATS: the slow paths run the counting pops and pushes
 SlabControl* g_control = nullptr;
 std::atomic<uint64_t> g_alloc_misses{0}, g_free_misses{0};
 
@@ -99,8 +100,12 @@ void setup() {
   g_percpu.rseq_area_offset = rseq.area_offset;
   g_percpu.index_field = rseq.index_field;
   g_percpu.num_slabs = num_slabs;
-  // Last: the fast paths start using the slabs once they see this.
+  g_count_hits = options().stats;
+  // The slow paths test `slabs`, the fast paths `fast_num_slabs`: each is stored after
+  // everything it guards.
   __atomic_store_n(&g_percpu.slabs, reinterpret_cast<uintptr_t>(slabs), __ATOMIC_RELEASE);
+  if (g_mode != CacheMode::kLocked && !g_count_hits)
+    __atomic_store_n(&g_percpu.fast_num_slabs, uint64_t{num_slabs}, __ATOMIC_RELEASE);
 }
 
 // Headers are written whole (one 64-bit store each), so a fast path on this slab sees either
@@ -141,8 +146,16 @@ void* take_from_central(unsigned cls) {
 // A slab, reached either through rseq (the fast-path sections on the current CPU's slab) or
 // owned under its lock (locked mode): the miss handling below is the same for both.
 struct RseqSlab {
-  bool pop(unsigned cls, void** out) const { return cache_pop(cls, out); }
-  bool push(unsigned cls, void* p) const { return cache_push(cls, p); }
+  bool pop(unsigned cls, void** out) const {
+    const PerCpuConfig& c = g_percpu;
+    return g_count_hits ? arch::percpu_pop<true>(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, out)
+                        : arch::percpu_pop<false>(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, out);
+  }
+  bool push(unsigned cls, void* p) const {
+    const PerCpuConfig& c = g_percpu;
+    return g_count_hits ? arch::percpu_push<true>(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, p)
+                        : arch::percpu_push<false>(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, p);
+  }
   int pop_batch(unsigned cls, void** out, int n) const {
     const PerCpuConfig& c = g_percpu;
     return arch::percpu_pop_batch(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, out,
@@ -156,16 +169,16 @@ struct RseqSlab {
 };
 struct OwnedSlab {
   uint64_t* slab;
-  bool pop(unsigned cls, void** out) const { return arch::slab_pop_owned(slab, cls, out); }
-  bool push(unsigned cls, void* p) const { return arch::slab_push_owned(slab, cls, p); }
+  bool pop(unsigned cls, void** out) const { return arch::slab_pop_owned(slab, cls, out, g_count_hits); }
+  bool push(unsigned cls, void* p) const { return arch::slab_push_owned(slab, cls, p, g_count_hits); }
   int pop_batch(unsigned cls, void** out, int n) const { return arch::slab_pop_batch_owned(slab, cls, out, n); }
   int push_batch(unsigned cls, void* const* in, int n) const {
     return arch::slab_push_batch_owned(slab, cls, in, n);
   }
 };
 
-// After a miss that may not be real (an abort, a slab or thread just set up), tries once more;
-// then takes a batch from the transfer cache, keeps all but one in the slab and returns that one.
+// After a miss that may not be real (an abort, a slab or thread just set up, or a fast path
+// that is off because hits are counted), tries once more; then takes a batch from the transfer cache, keeps all but one in the slab and returns that one.
 template <class Slab>
 void* refill_pop(const Slab& slab, unsigned cls) {
   void* p;
@@ -318,6 +331,7 @@ const char* cache_mode_name(CacheMode mode) {
 
 CacheStats cache_stats() {
   CacheStats stats{};
+  stats.hits_counted = g_count_hits;
   stats.alloc_misses = g_alloc_misses.load(std::memory_order_relaxed);
   stats.free_misses = g_free_misses.load(std::memory_order_relaxed);
   if (!is_set_up()) return stats;

@@ -16,9 +16,12 @@
 
 namespace fastmalloc {
 
-// Read by every fast path; written once, at setup. Until then slabs is 0 and every fast path
-// misses into the slow path, which sets up.
+// Read by every fast path; written once, at setup. Until then fast_num_slabs is 0 and every
+// fast path misses into the slow path, which sets up. It stays 0 where the inline fast paths
+// must not run: in locked mode, and when statistics are on (hits are then counted, by the
+// counting sections the slow path runs, so the inline paths carry no counter).
 struct alignas(64) PerCpuConfig {
+  uint64_t fast_num_slabs;    // num_slabs, or 0 (see above)
   uintptr_t slabs;
   intptr_t rseq_area_offset;  // thread pointer -> the rseq area
   uint64_t index_field;       // offset in the area of cpu_id or mm_cid
@@ -26,16 +29,20 @@ struct alignas(64) PerCpuConfig {
 };
 extern PerCpuConfig g_percpu;
 
+// Acquire: setup writes the other fields before fast_num_slabs. The test comes before the
+// section because the section's first store goes through rseq_area_offset.
 FM_ALWAYS_INLINE bool cache_pop(unsigned cls, void** out) {
   const PerCpuConfig& c = g_percpu;
-  if (FM_UNLIKELY(c.slabs == 0)) return false;
-  return arch::percpu_pop(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, out);
+  uint64_t num_slabs = __atomic_load_n(&c.fast_num_slabs, __ATOMIC_ACQUIRE);
+  if (FM_UNLIKELY(num_slabs == 0)) return false;
+  return arch::percpu_pop<false>(c.rseq_area_offset, c.index_field, num_slabs, c.slabs, cls, out);
 }
 
 FM_ALWAYS_INLINE bool cache_push(unsigned cls, void* p) {
   const PerCpuConfig& c = g_percpu;
-  if (FM_UNLIKELY(c.slabs == 0)) return false;
-  return arch::percpu_push(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, p);
+  uint64_t num_slabs = __atomic_load_n(&c.fast_num_slabs, __ATOMIC_ACQUIRE);
+  if (FM_UNLIKELY(num_slabs == 0)) return false;
+  return arch::percpu_push<false>(c.rseq_area_offset, c.index_field, num_slabs, c.slabs, cls, p);
 }
 
 // The slow paths. cache_refill_pop returns nullptr only when out of memory.
@@ -52,6 +59,7 @@ CacheMode cache_mode();
 const char* cache_mode_name(CacheMode mode);
 
 struct CacheStats {
+  bool hits_counted;  // hits are counted only under FASTMALLOC_STATS=1; otherwise they read 0
   uint64_t alloc_hits, alloc_misses, free_hits, free_misses;
   uint64_t cached_bytes;  // objects sitting in the slabs now
   uint32_t slabs_in_use;  // slabs set up: CPUs (or mm_cids) that have allocated

@@ -7,7 +7,7 @@ namespace fastmalloc {
 
 // X(type, field, NAME, default, description)
 #define FASTMALLOC_OPTION_LIST(X) \
-  X(bool, stats, "STATS", false, "print allocator statistics to stderr at exit") \
+  X(bool, stats, "STATS", false, "print allocator statistics to stderr at exit; counts cache hits (slower)") \
   X(bool, rseq, "RSEQ", true, "use restartable sequences for the per-CPU caches (off: locked per-CPU caches)") \
   X(bool, help, "HELP", false, "print every option with its default and meaning, at startup")
 

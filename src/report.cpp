@@ -49,8 +49,12 @@ void print_stats() {
   m.text("fastmalloc: in_use_bytes=").dec(t.small_in_use_bytes + t.heap.large_bytes);
   m.text(" small_in_use_bytes=").dec(t.small_in_use_bytes).text(" large_blocks=").dec(t.heap.large_count);
   m.text(" large_bytes=").dec(t.heap.large_bytes).text("\n").flush();
-  m.text("fastmalloc: cpu_cache: alloc_hits=").dec(t.cache.alloc_hits).text(" alloc_misses=").dec(t.cache.alloc_misses);
-  m.text(" free_hits=").dec(t.cache.free_hits).text(" free_misses=").dec(t.cache.free_misses);
+  // Without FASTMALLOC_STATS the fast paths count nothing, so there are no hits to print.
+  m.text("fastmalloc: cpu_cache:");
+  if (t.cache.hits_counted) m.text(" alloc_hits=").dec(t.cache.alloc_hits);
+  m.text(" alloc_misses=").dec(t.cache.alloc_misses);
+  if (t.cache.hits_counted) m.text(" free_hits=").dec(t.cache.free_hits);
+  m.text(" free_misses=").dec(t.cache.free_misses);
   m.text(" cached_bytes=").dec(t.cache.cached_bytes).text(" caches=").dec(t.cache.slabs_in_use).text("\n").flush();
   m.text("fastmalloc: transfer_cache: hits=").dec(t.transfer_hits).text(" misses=").dec(t.transfer_misses);
   m.text(" cached_bytes=").dec(t.transfer_cache_bytes).text("\n").flush();

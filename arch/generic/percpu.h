@@ -13,7 +13,9 @@ namespace fastmalloc::arch {
 inline constexpr bool kHasRseq = false;
 inline constexpr uint32_t kRseqSignature = 0;
 
+template <bool kCountHits>
 FM_ALWAYS_INLINE bool percpu_pop(uintptr_t, uint64_t, uint64_t, uintptr_t, uint64_t, void**) { return false; }
+template <bool kCountHits>
 FM_ALWAYS_INLINE bool percpu_push(uintptr_t, uint64_t, uint64_t, uintptr_t, uint64_t, void*) { return false; }
 FM_ALWAYS_INLINE int percpu_pop_batch(uintptr_t, uint64_t, const uint64_t&, const uintptr_t&, uint64_t, void**,
                                       uint64_t) {

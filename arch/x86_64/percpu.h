@@ -68,8 +68,10 @@ inline constexpr uint32_t kRseqSignature = FASTMALLOC_RSEQ_SIG;
 // %fs-relative, so the thread pointer itself is never loaded). cpu_field: offset in the area of
 // the index to use (cpu_id or mm_cid).
 // slabs: base of the slab array, num_slabs entries. Returns false on a miss: the slab is empty,
-// not set up, stopped, or the index is out of range (an unregistered area reads 0xffffffff), or
-// the section was aborted.
+// not set up, stopped, or the index is out of range (an unregistered area reads 0xffffffff, and
+// num_slabs is 0 where the caller wants every attempt to miss), or the section was aborted.
+// kCountHits adds the slab's hit counter to the section; the inline fast paths leave it out (it
+// costs about 7% of a malloc/free pair) and statistics runs use the counting sections instead.
 //
 //   rseq->rseq_cs = &descriptor
 // 1:cpu = *(uint32_t*)(rseq + cpu_field)
@@ -78,28 +80,30 @@ inline constexpr uint32_t kRseqSignature = FASTMALLOC_RSEQ_SIG;
 //   current = slab[cls].current
 //   if (current <= slab[cls].begin) miss
 //   item = slab[current - 1]
-//   slab.alloc_hits++
+//   if (kCountHits) slab.alloc_hits++
 //   slab[cls].current = current - 1          <- commit
 // 2:
+#define FM_PERCPU_POP(count)                                                                           \
+  asm volatile goto(FM_RSEQ_DESCRIPTOR FM_RSEQ_SLAB_HEADER                                             \
+                    "cmpw 4(%[scratch], %[cls], 8), %w[current]\n\t"                                    \
+                    "jbe %l[miss]\n\t"                                                                 \
+                    "movq -8(%[scratch], %[current], 8), %[item]\n\t" count                            \
+                    "decl %k[current]\n\t"                                                             \
+                    "movw %w[current], (%[scratch], %[cls], 8)\n\t"                                    \
+                    "2:\n\t" FM_RSEQ_ABORT(miss)                                                       \
+                    : [scratch] "=&r"(scratch), [current] "=&r"(current), [item] "=&r"(item)            \
+                    : [rseq] "r"(rseq), [cpu_field] "r"(cpu_field), [num_slabs] "r"(num_slabs),         \
+                      [slabs] "r"(slabs), [cls] "r"(cls)                                                \
+                    : "memory", "cc"                                                                    \
+                    : miss)
+
+template <bool kCountHits>
 FM_ALWAYS_INLINE bool percpu_pop(uintptr_t rseq, uint64_t cpu_field, uint64_t num_slabs, uintptr_t slabs,
                                  uint64_t cls, void** out) {
   uint64_t scratch, current;
   void* item;
-  asm volatile goto(FM_RSEQ_DESCRIPTOR
-           FM_RSEQ_SLAB_HEADER
-           "cmpw 4(%[scratch], %[cls], 8), %w[current]\n\t"
-           "jbe %l[miss]\n\t"
-           "movq -8(%[scratch], %[current], 8), %[item]\n\t"
-           "incq (%[scratch])\n\t"
-           "decl %k[current]\n\t"
-           "movw %w[current], (%[scratch], %[cls], 8)\n\t"
-           "2:\n\t"
-           FM_RSEQ_ABORT(miss)
-           : [scratch] "=&r"(scratch), [current] "=&r"(current), [item] "=&r"(item)
-           : [rseq] "r"(rseq), [cpu_field] "r"(cpu_field), [num_slabs] "r"(num_slabs), [slabs] "r"(slabs),
-             [cls] "r"(cls)
-           : "memory", "cc"
-           : miss);
+  if constexpr (kCountHits) FM_PERCPU_POP("incq (%[scratch])\n\t");
+  else FM_PERCPU_POP("");
   *out = item;
   return true;
 miss:
@@ -116,27 +120,29 @@ miss:
 //   current = slab[cls].current
 //   if (current >= slab[cls].end) miss
 //   slab[current] = item                      (above current: invisible until the commit)
-//   slab.free_hits++
+//   if (kCountHits) slab.free_hits++
 //   slab[cls].current = current + 1          <- commit
 // 2:
+#define FM_PERCPU_PUSH(count)                                                                          \
+  asm volatile goto(FM_RSEQ_DESCRIPTOR FM_RSEQ_SLAB_HEADER                                             \
+                    "cmpw 6(%[scratch], %[cls], 8), %w[current]\n\t"                                    \
+                    "jae %l[miss]\n\t"                                                                 \
+                    "movq %[item], (%[scratch], %[current], 8)\n\t" count                              \
+                    "incl %k[current]\n\t"                                                             \
+                    "movw %w[current], (%[scratch], %[cls], 8)\n\t"                                    \
+                    "2:\n\t" FM_RSEQ_ABORT(miss)                                                       \
+                    : [scratch] "=&r"(scratch), [current] "=&r"(current)                                \
+                    : [rseq] "r"(rseq), [cpu_field] "r"(cpu_field), [num_slabs] "r"(num_slabs),         \
+                      [slabs] "r"(slabs), [cls] "r"(cls), [item] "r"(item)                              \
+                    : "memory", "cc"                                                                    \
+                    : miss)
+
+template <bool kCountHits>
 FM_ALWAYS_INLINE bool percpu_push(uintptr_t rseq, uint64_t cpu_field, uint64_t num_slabs, uintptr_t slabs,
                                   uint64_t cls, void* item) {
   uint64_t scratch, current;
-  asm volatile goto(FM_RSEQ_DESCRIPTOR
-           FM_RSEQ_SLAB_HEADER
-           "cmpw 6(%[scratch], %[cls], 8), %w[current]\n\t"
-           "jae %l[miss]\n\t"
-           "movq %[item], (%[scratch], %[current], 8)\n\t"
-           "incq " FM_STR(FASTMALLOC_SLAB_FREE_HITS_OFFSET) "(%[scratch])\n\t"
-           "incl %k[current]\n\t"
-           "movw %w[current], (%[scratch], %[cls], 8)\n\t"
-           "2:\n\t"
-           FM_RSEQ_ABORT(miss)
-           : [scratch] "=&r"(scratch), [current] "=&r"(current)
-           : [rseq] "r"(rseq), [cpu_field] "r"(cpu_field), [num_slabs] "r"(num_slabs), [slabs] "r"(slabs),
-             [cls] "r"(cls), [item] "r"(item)
-           : "memory", "cc"
-           : miss);
+  if constexpr (kCountHits) FM_PERCPU_PUSH("incq " FM_STR(FASTMALLOC_SLAB_FREE_HITS_OFFSET) "(%[scratch])\n\t");
+  else FM_PERCPU_PUSH("");
   return true;
 miss:
   return false;

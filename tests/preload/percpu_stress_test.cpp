@@ -9,6 +9,8 @@
 #include <atomic>
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <pthread.h>
 #include <random>
@@ -155,6 +157,12 @@ TEST_CASE("malloc_trim empties every CPU's cache, the ones other threads filled 
   }
 }
 
+// FASTMALLOC_STATS=1 (the mode tests run the suite so) turns on counting of hits.
+static bool stats_enabled() {
+  const char* value = getenv("FASTMALLOC_STATS");
+  return value != nullptr && strcmp(value, "1") == 0;
+}
+
 TEST_CASE("per-CPU hit and miss counts add up to the calls made") {
   using GetProperty = int (*)(const char*, size_t*);
   auto get_property = reinterpret_cast<GetProperty>(dlsym(RTLD_DEFAULT, "fastmalloc_get_property"));
@@ -177,9 +185,15 @@ TEST_CASE("per-CPU hit and miss counts add up to the calls made") {
   }).join();
   size_t allocs = counts("cpu_cache_alloc_hits", "cpu_cache_alloc_misses") - allocs_before;
   size_t frees = counts("cpu_cache_free_hits", "cpu_cache_free_misses") - frees_before;
-  // The thread's own start and exit allocate a little too; aborted sections count twice.
-  REQUIRE(allocs >= kCalls);
-  REQUIRE(allocs <= kCalls + kCalls / 50);
-  REQUIRE(frees >= kCalls);
-  REQUIRE(frees <= kCalls + kCalls / 50);
+  if (stats_enabled()) {
+    // The thread's own start and exit allocate a little too; aborted sections count twice.
+    REQUIRE(allocs >= kCalls);
+    REQUIRE(allocs <= kCalls + kCalls / 50);
+    REQUIRE(frees >= kCalls);
+    REQUIRE(frees <= kCalls + kCalls / 50);
+  } else {
+    // Hits are not counted: only the misses (a few refills and overflows) moved.
+    REQUIRE(allocs < kCalls / 4);
+    REQUIRE(frees < kCalls / 4);
+  }
 }
