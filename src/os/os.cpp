@@ -4,7 +4,9 @@
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
+#include <ctime>
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -52,6 +54,15 @@ void futex_wait(uint32_t* word, uint32_t expected) {
 
 void futex_wake(uint32_t* word, int count) {
   ::syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, nullptr, nullptr, 0);
+}
+
+void yield_cpu() { ::sched_yield(); }
+
+void sleep_us(unsigned microseconds) {
+  int saved_errno = errno;
+  struct timespec ts = {static_cast<time_t>(microseconds / 1000000), static_cast<long>(microseconds % 1000000) * 1000};
+  ::nanosleep(&ts, nullptr);
+  errno = saved_errno;
 }
 
 namespace {

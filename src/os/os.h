@@ -28,6 +28,11 @@ bool release(void* addr, size_t bytes);
 void futex_wait(uint32_t* word, uint32_t expected);
 void futex_wake(uint32_t* word, int count);
 
+// Gives the CPU to another runnable thread (sched_yield), or sleeps `microseconds`: for waits
+// that spinning would only prolong when threads outnumber CPUs.
+void yield_cpu();
+void sleep_us(unsigned microseconds);
+
 // Calls `visit(entry)` for each "NAME=value" entry of the startup environment. Works before
 // libc has set up `environ` (it then reads /proc/self/environ once). Not thread-safe: the
 // options module calls it once, under its own guard.

@@ -91,6 +91,20 @@ bool membarrier_rseq_fence(int cpu) {
   return ok;
 }
 
+bool membarrier_private_register() {
+  int saved_errno = errno;
+  bool ok = ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+  errno = saved_errno;
+  return ok;
+}
+
+bool membarrier_private() {
+  int saved_errno = errno;
+  bool ok = ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0;
+  errno = saved_errno;
+  return ok;
+}
+
 uint32_t possible_cpus() {
   int saved_errno = errno;
   uint32_t count = 0;

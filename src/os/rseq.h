@@ -35,6 +35,13 @@ bool rseq_register_current_thread();
 bool membarrier_rseq_register();
 bool membarrier_rseq_fence(int cpu);
 
+// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED): a full memory barrier on every CPU that runs one
+// of this process's threads now (the others pass one when they are next scheduled), returning
+// once all have. Used as the heavy side of RCU and the prwlock. Register once; false where the
+// kernel lacks or refuses the command.
+bool membarrier_private_register();
+bool membarrier_private();
+
 // The number of possible CPUs (/sys/devices/system/cpu/possible): every cpu_id and mm_cid is
 // below it.
 uint32_t possible_cpus();

@@ -29,6 +29,11 @@ class Mutex {
     if (FM_UNLIKELY(state_.exchange(kUnlocked, std::memory_order_release) == kContended)) wake_one();
   }
 
+  bool try_lock() {
+    uint32_t expected = kUnlocked;
+    return state_.compare_exchange_strong(expected, kLocked, std::memory_order_acquire);
+  }
+
   // For fork's child: the forking thread owned every lock, and it is the only thread left.
   void reset_after_fork() { state_.store(kUnlocked, std::memory_order_relaxed); }
 

@@ -1,0 +1,38 @@
+// The passive reader-writer lock's slow paths: a reader that met a writer, and the writer side.
+#include "sync/prwlock.h"
+
+namespace fastmalloc::sync {
+
+void Prwlock::read_lock_slow(std::atomic<uint64_t>& status) {
+  for (;;) {
+    // Step out, so the writer stops waiting for us, and wait for it to finish.
+    status.store(status.load(std::memory_order_relaxed) & ~kNestMask, std::memory_order_release);
+    uint64_t version;
+    for (unsigned round = 0; ((version = version_.load(std::memory_order_acquire)) & 1) != 0; ++round) backoff(round);
+    status.store(version << kPrwNestBits | 1, std::memory_order_relaxed);
+    reader_fence();
+    if (version_.load(std::memory_order_relaxed) == version) return;
+  }
+}
+
+void Prwlock::write_lock() {
+  writer_.lock();
+  uint64_t version = version_.load(std::memory_order_relaxed) + 1;  // odd: a writer is inside
+  version_.store(version, std::memory_order_seq_cst);
+  writer_fence();
+  for_each_record([&](ThreadRecord& r) {
+    std::atomic<uint64_t>& status = r.prw[slot_];
+    for (unsigned round = 0;; ++round) {
+      uint64_t word = status.load(std::memory_order_acquire);
+      if ((word & kNestMask) == 0 || word >> kPrwNestBits == version) break;
+      backoff(round);
+    }
+  });
+}
+
+void Prwlock::write_unlock() {
+  version_.store(version_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+  writer_.unlock();
+}
+
+}  // namespace fastmalloc::sync

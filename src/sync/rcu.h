@@ -1,0 +1,78 @@
+// Read-copy update: readers of a shared structure run without locks, atomic read-modify-writes
+// or fences; a writer that unlinks an object frees it only after a grace period, once no reader
+// that might still hold it is left. Written for the allocator (liburcu's call_rcu allocates and
+// starts a thread; this never allocates and never starts a thread).
+//
+// Read side: the thread's record (sync/thread_registry.h) holds (epoch << 16) | depth, written
+// with one plain store at the outermost lock and unlock, so a signal handler that reads under
+// RCU in the middle of either sees a consistent word. Nestable.
+//
+// Grace period (synchronize_rcu): writer_fence() (membarrier), then advance the epoch, then wait
+// until every record is outside a section or entered it at the new epoch. Why that suffices: a
+// reader whose publishing store the fence did not expose had not yet loaded what the writer
+// unlinked before the fence, so it will load the new version; any other reader is seen and
+// waited for.
+//
+// Callbacks (call_rcu) are queued on an intrusive head and run by rcu_poll(), which the
+// allocator calls from its slow paths with no lock held: it never blocks, and starts a grace
+// period for the queued callbacks only when the previous one is over. rcu_barrier() runs every
+// callback queued before it. Callbacks must not call into RCU's writer side.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "base.h"
+#include "sync/thread_registry.h"
+
+namespace fastmalloc::sync {
+
+struct RcuHead {
+  RcuHead* next;
+  void (*fn)(RcuHead*);
+};
+
+namespace detail {
+extern std::atomic<uint64_t> g_rcu_epoch;  // starts at 1; a record's epoch is never 0 inside
+}
+
+FM_ALWAYS_INLINE void rcu_read_lock() {
+  ThreadRecord* r = current_record();
+  uint64_t word = r->rcu.load(std::memory_order_relaxed);
+  if (FM_LIKELY((word & kNestMask) == 0)) {
+    r->rcu.store(detail::g_rcu_epoch.load(std::memory_order_relaxed) << kRcuNestBits | 1, std::memory_order_relaxed);
+    reader_fence();
+  } else {
+    r->rcu.store(word + 1, std::memory_order_relaxed);
+  }
+}
+
+FM_ALWAYS_INLINE void rcu_read_unlock() {
+  ThreadRecord* r = detail::t_record;
+  uint64_t word = r->rcu.load(std::memory_order_relaxed);
+  // Release: the section's loads happen before a writer can see it ended.
+  r->rcu.store((word & kNestMask) == 1 ? 0 : word - 1, std::memory_order_release);
+}
+
+// Waits for a grace period: every read section that began before the call has ended.
+void synchronize_rcu();
+
+// fn(head) runs after a grace period (from a later rcu_poll, rcu_barrier or synchronize_rcu).
+void call_rcu(RcuHead* head, void (*fn)(RcuHead*));
+
+// Runs the callbacks whose grace period is over and starts the next one if callbacks wait.
+// Non-blocking (returns at once if another thread is at it); returns the callbacks it ran.
+unsigned rcu_poll();
+
+// Waits until every callback queued before the call has run.
+void rcu_barrier();
+
+// How many callbacks are queued and not yet run.
+uint64_t rcu_pending();
+
+// Fork: prepare takes RCU's locks (after the registry's); the child resets them.
+void rcu_fork_prepare();
+void rcu_fork_parent();
+void rcu_fork_child();
+
+}  // namespace fastmalloc::sync

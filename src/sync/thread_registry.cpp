@@ -1,0 +1,158 @@
+// The thread registry: handing records out, taking them back at thread exit and in a fork child,
+// and the writers' fence.
+#include "sync/thread_registry.h"
+
+#include <cstdlib>
+#include <limits.h>
+#include <pthread.h>
+
+#include "cpu.h"
+#include "os/message.h"
+#include "os/os.h"
+#include "os/rseq.h"
+#include "sync/mutex.h"
+
+namespace fastmalloc::sync {
+
+bool g_readers_fence = false;
+
+namespace detail {
+__attribute__((tls_model("initial-exec"))) thread_local ThreadRecord* t_record = nullptr;
+std::atomic<ThreadRecord*> g_chunks[kMaxChunks];
+std::atomic<unsigned> g_records_carved{0};
+}  // namespace detail
+
+namespace {
+
+using detail::g_chunks;
+using detail::g_records_carved;
+using detail::kRecordsPerChunk;
+using detail::t_record;
+
+// SYNCHRONIZATION: g_lock guards the free list, carving, the key and the one-time setup.
+// Records' words are written by their owner thread only, except while the record is free (the
+// registry writes it under g_lock, with no owner) and in a fork child.
+Mutex g_lock;
+ThreadRecord* g_free = nullptr;
+unsigned g_in_use = 0;
+bool g_set_up = false;
+bool g_have_key = false;
+pthread_key_t g_key;
+
+// The outermost read sections have ended by the time a record is free: clear it for the next
+// owner, keeping each prwlock's version (a writer may compare it).
+void clear(ThreadRecord& r) {
+  r.rcu.store(0, std::memory_order_release);
+  for (auto& word : r.prw) word.store(word.load(std::memory_order_relaxed) & ~kNestMask, std::memory_order_release);
+}
+
+void release_locked(ThreadRecord* r) {
+  clear(*r);
+  r->next_free = g_free;
+  g_free = r;
+  --g_in_use;
+}
+
+// Runs at thread exit (glibc calls key destructors from pthread_exit and a thread's return).
+// The thread may have been inside a read section (pthread_exit from a signal handler, a
+// cancellation): clearing its words ends those sections for the writers.
+void on_thread_exit(void* record) {
+  LockGuard guard(g_lock);
+  release_locked(static_cast<ThreadRecord*>(record));
+  t_record = nullptr;
+}
+
+// Once, before the first record is handed out: how writers fence, and the exit hook. A key
+// below PTHREAD_KEY_2NDLEVEL_SIZE (32) keeps its value in the thread descriptor itself, so
+// pthread_setspecific never allocates; a higher key could call malloc, so it is not used and
+// records of exited threads are then not recycled (they read as outside any section).
+void set_up_locked() {
+  g_readers_fence = !os::membarrier_private_register();
+  pthread_key_t key;
+  if (pthread_key_create(&key, on_thread_exit) == 0) {
+    if (key < 32) {
+      g_key = key;
+      g_have_key = true;
+    } else {
+      pthread_key_delete(key);
+    }
+  }
+  g_set_up = true;
+}
+
+ThreadRecord* take_record_locked() {
+  if (g_free != nullptr) {
+    ThreadRecord* r = g_free;
+    g_free = r->next_free;
+    return r;
+  }
+  unsigned index = g_records_carved.load(std::memory_order_relaxed);
+  unsigned chunk = index / kRecordsPerChunk;
+  if (chunk >= detail::kMaxChunks) return nullptr;
+  if (index % kRecordsPerChunk == 0) {
+    void* memory = os::map(kRecordsPerChunk * sizeof(ThreadRecord), 4096);
+    if (memory == nullptr) return nullptr;
+    g_chunks[chunk].store(static_cast<ThreadRecord*>(memory), std::memory_order_release);
+  }
+  // Published after the chunk: a writer that sees the count sees the chunk.
+  g_records_carved.store(index + 1, std::memory_order_release);
+  return &g_chunks[chunk].load(std::memory_order_relaxed)[index % kRecordsPerChunk];
+}
+
+}  // namespace
+
+namespace detail {
+
+ThreadRecord* register_current_thread() {
+  ThreadRecord* r;
+  {
+    LockGuard guard(g_lock);
+    if (!g_set_up) set_up_locked();
+    r = take_record_locked();
+    if (r != nullptr) ++g_in_use;
+  }
+  // No memory for even 64 bytes of bookkeeping: there is no safe way to read on.
+  if (r == nullptr) os::fatal_misuse("thread start", nullptr, "out of memory for the thread registry");
+  t_record = r;
+  if (g_have_key) pthread_setspecific(g_key, r);
+  return r;
+}
+
+}  // namespace detail
+
+void writer_fence() {
+  if (g_readers_fence || !os::membarrier_private()) std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+void backoff(unsigned round) {
+  if (round < 64) arch::cpu_relax();
+  else if (round < 256) os::yield_cpu();
+  else os::sleep_us(50);
+}
+
+void registry_fork_prepare() { g_lock.lock(); }
+void registry_fork_parent() { g_lock.unlock(); }
+
+// Only the forking thread lives on: every other record is free, whatever it held.
+void registry_fork_child() {
+  g_lock.reset_after_fork();
+  g_free = nullptr;
+  g_in_use = 0;
+  for_each_record([](ThreadRecord& r) {
+    if (&r == t_record) {
+      ++g_in_use;
+      return;
+    }
+    r.next_free = nullptr;
+    clear(r);
+    r.next_free = g_free;
+    g_free = &r;
+  });
+}
+
+unsigned records_in_use() {
+  LockGuard guard(g_lock);
+  return g_in_use;
+}
+
+}  // namespace fastmalloc::sync

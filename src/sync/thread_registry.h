@@ -1,0 +1,99 @@
+// The thread registry: one record per live thread, where the read sides of RCU (sync/rcu.h) and
+// of the passive reader-writer locks (sync/prwlock.h) publish, with plain stores, whether the
+// thread is inside a read-side critical section. Writers scan every record; readers touch only
+// their own, so reading needs no atomic read-modify-write and no fence.
+//
+// Records come from memory this module maps itself (never from malloc) and are never unmapped.
+// A thread gets one on its first read-side section and gives it back when it exits (through a
+// pthread key destructor, which runs even when the thread exits inside a section), so the
+// records a writer scans stay about as many as the live threads. A fork child keeps only the
+// forking thread's record.
+//
+// The heavy fence: writers order their stores before their scan of the records with
+// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED), which runs a full barrier on every CPU running
+// one of our threads. Where the kernel refuses it (decided once, before the first record is
+// handed out), readers fence instead: `g_readers_fence` is then true and every outermost read
+// lock pays one mfence.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "base.h"
+
+namespace fastmalloc::sync {
+
+// How many prwlocks can be live at once: each owns one status word in every record.
+inline constexpr unsigned kMaxPrwlocks = 6;
+
+struct alignas(64) ThreadRecord {
+  // RCU: (epoch at the outermost rcu_read_lock << kRcuNestBits) | nesting depth; 0 outside.
+  std::atomic<uint64_t> rcu;
+  // Per prwlock slot: (lock version seen << kPrwNestBits) | nesting depth.
+  std::atomic<uint64_t> prw[kMaxPrwlocks];
+  ThreadRecord* next_free;  // registry's free list (guarded by its mutex)
+};
+static_assert(sizeof(ThreadRecord) == 64);
+
+inline constexpr unsigned kRcuNestBits = 16, kPrwNestBits = 16;
+inline constexpr uint64_t kNestMask = 0xffff;
+
+namespace detail {
+extern __attribute__((tls_model("initial-exec"))) thread_local ThreadRecord* t_record;
+FM_NOINLINE ThreadRecord* register_current_thread();
+}  // namespace detail
+
+// Set once, before any record is handed out: membarrier is unavailable, so readers fence.
+extern bool g_readers_fence;
+
+// The calling thread's record, registering the thread on first use.
+FM_ALWAYS_INLINE ThreadRecord* current_record() {
+  ThreadRecord* r = detail::t_record;
+  if (FM_UNLIKELY(r == nullptr)) r = detail::register_current_thread();
+  return r;
+}
+
+// After a reader's publishing store: orders it before the reader's loads of shared data. A
+// compiler barrier when writers use membarrier; a full fence when they cannot.
+FM_ALWAYS_INLINE void reader_fence() {
+  if (FM_UNLIKELY(g_readers_fence)) std::atomic_thread_fence(std::memory_order_seq_cst);
+  else std::atomic_signal_fence(std::memory_order_seq_cst);
+}
+
+// A writer's heavy fence, between its stores and its scan of the records (membarrier, or a
+// full fence when readers fence).
+void writer_fence();
+
+// Calls visit(record) for every record ever handed out (free ones read as outside any section).
+template <class Visit>
+void for_each_record(Visit&& visit);
+
+// Wait helper for writers: spins briefly, then yields, then sleeps; `round` counts calls.
+void backoff(unsigned round);
+
+// Fork: the registry's lock is taken before fork; the child frees every record but its own.
+void registry_fork_prepare();
+void registry_fork_parent();
+void registry_fork_child();
+
+// For tests: how many records are handed out now.
+unsigned records_in_use();
+
+namespace detail {
+inline constexpr unsigned kRecordsPerChunk = 1024;
+inline constexpr unsigned kMaxChunks = 1024;  // a million threads at once
+extern std::atomic<ThreadRecord*> g_chunks[kMaxChunks];
+extern std::atomic<unsigned> g_records_carved;  // records [0, this) have been handed out once
+}  // namespace detail
+
+template <class Visit>
+void for_each_record(Visit&& visit) {
+  unsigned carved = detail::g_records_carved.load(std::memory_order_acquire);
+  for (unsigned n = 0; n < carved; n += detail::kRecordsPerChunk) {
+    ThreadRecord* chunk = detail::g_chunks[n / detail::kRecordsPerChunk].load(std::memory_order_acquire);
+    unsigned count = carved - n < detail::kRecordsPerChunk ? carved - n : detail::kRecordsPerChunk;
+    for (unsigned i = 0; i < count; ++i) visit(chunk[i]);
+  }
+}
+
+}  // namespace fastmalloc::sync

@@ -1,0 +1,208 @@
+// The passive reader-writer lock (src/sync/prwlock.*): writers exclude readers and each other,
+// readers run together, idle or exited readers do not hold a writer up, and readers nest (a
+// signal handler may read inside a section). The stress test poisons what the writer replaces.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <pthread.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include "sync/prwlock.h"
+#include "sync_support.h"
+
+using namespace fastmalloc::sync;
+using namespace sync_test;
+using namespace std::chrono_literals;
+
+// Slot 0 is the allocator's; each test lock takes its own.
+static Prwlock g_lock(1);
+
+TEST_CASE("a writer waits for the reader inside, then shuts new readers out", "[sync]") {
+  std::atomic<int> stage{0};
+  std::atomic<bool> writer_in{false}, reader_in{false};
+  std::thread reader([&] {
+    g_lock.read_lock();
+    stage.store(1);
+    std::this_thread::sleep_for(50ms);
+    REQUIRE_FALSE(writer_in.load());
+    g_lock.read_unlock();
+  });
+  while (stage.load() != 1) std::this_thread::sleep_for(1ms);
+  std::thread writer([&] {
+    g_lock.write_lock();
+    writer_in.store(true);
+    stage.store(2);
+    std::this_thread::sleep_for(50ms);
+    REQUIRE_FALSE(reader_in.load());
+    writer_in.store(false);
+    g_lock.write_unlock();
+  });
+  while (stage.load() != 2) std::this_thread::sleep_for(1ms);
+  std::thread late_reader([&] {
+    g_lock.read_lock();
+    reader_in.store(true);
+    REQUIRE_FALSE(writer_in.load());
+    g_lock.read_unlock();
+  });
+  reader.join();
+  writer.join();
+  late_reader.join();
+  REQUIRE(reader_in.load());
+}
+
+TEST_CASE("readers do not exclude each other", "[sync]") {
+  g_lock.read_lock();
+  std::atomic<bool> other_in{false};
+  std::thread other([&] {
+    g_lock.read_lock();
+    other_in.store(true);
+    g_lock.read_unlock();
+  });
+  other.join();
+  REQUIRE(other_in.load());
+  g_lock.read_unlock();
+}
+
+TEST_CASE("readers that are idle or gone do not hold a writer up", "[sync]") {
+  // Threads that read once and then block for good (outside any section), and threads that
+  // exited inside a section.
+  std::atomic<bool> release{false};
+  std::vector<std::thread> idle;
+  for (int i = 0; i < 16; ++i)
+    idle.emplace_back([&] {
+      g_lock.read_lock();
+      g_lock.read_unlock();
+      while (!release.load()) std::this_thread::sleep_for(5ms);
+    });
+  pthread_t gone;
+  pthread_create(
+      &gone, nullptr,
+      [](void*) -> void* {
+        g_lock.read_lock();
+        pthread_exit(nullptr);
+      },
+      nullptr);
+  pthread_join(gone, nullptr);
+  require_finishes("write_lock with idle and exited readers", 10, [] {
+    for (int i = 0; i < 100; ++i) {
+      g_lock.write_lock();
+      g_lock.write_unlock();
+    }
+  });
+  release.store(true);
+  for (auto& t : idle) t.join();
+}
+
+namespace {
+std::atomic<int> g_handler_reads{0};
+void read_in_handler(int) {
+  g_lock.read_lock();
+  g_handler_reads.fetch_add(1);
+  g_lock.read_unlock();
+}
+}  // namespace
+
+TEST_CASE("a signal handler that reads inside a read section leaves the section intact", "[sync]") {
+  struct sigaction sa {};
+  sa.sa_handler = read_in_handler;
+  sigaction(SIGUSR1, &sa, nullptr);
+  std::atomic<bool> writer_in{false};
+  g_lock.read_lock();
+  raise(SIGUSR1);  // nested read lock and unlock inside our section
+  std::thread writer([&] {
+    g_lock.write_lock();
+    writer_in.store(true);
+    g_lock.write_unlock();
+  });
+  std::this_thread::sleep_for(50ms);
+  REQUIRE_FALSE(writer_in.load());  // still excluded: the handler's unlock did not end our section
+  g_lock.read_unlock();
+  writer.join();
+  REQUIRE(writer_in.load());
+  REQUIRE(g_handler_reads.load() == 1);
+  signal(SIGUSR1, SIG_DFL);
+}
+
+TEST_CASE("prwlock stress: readers never see what a writer replaced", "[sync][stress]") {
+  // The writer swaps the object and poisons the old one inside its write section: correct only
+  // if no reader can be inside at the same time.
+  static Object objects[2];
+  static std::atomic<Object*> current;
+  objects[0].make_live(0);
+  objects[1].poison();
+  current.store(&objects[0]);
+  const int readers = 4 * static_cast<int>(std::thread::hardware_concurrency());
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> bad{0}, reads{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < readers; ++t) {
+    threads.emplace_back([&, t] {
+      uint64_t n = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        g_lock.read_lock();
+        Object* o = current.load(std::memory_order_relaxed);
+        for (int k = 0; k < 4; ++k)
+          if (!o->live()) bad.fetch_add(1);
+        g_lock.read_unlock();
+        ++n;
+        if (t % 2 == 0 && n % 64 == 0) std::this_thread::yield();
+      }
+      reads.fetch_add(n);
+    });
+  }
+  uint64_t writes = 0;
+  auto start = std::chrono::steady_clock::now();
+  while (seconds_since(start) < 1.0) {
+    g_lock.write_lock();
+    Object* old = current.load(std::memory_order_relaxed);
+    Object* next = old == &objects[0] ? &objects[1] : &objects[0];
+    next->make_live(++writes);
+    current.store(next, std::memory_order_relaxed);
+    old->poison();
+    g_lock.write_unlock();
+  }
+  stop.store(true);
+  for (auto& t : threads) t.join();
+  INFO("writes " << writes << ", reads " << reads.load());
+  REQUIRE(bad.load() == 0);
+  REQUIRE(writes > 100);
+  REQUIRE(reads.load() > 1000);
+}
+
+TEST_CASE("a fork child can take the write side after readers were inside in the parent", "[sync]") {
+  std::atomic<bool> inside{false}, release{false};
+  std::thread reader([&] {
+    g_lock.read_lock();
+    inside.store(true);
+    while (!release.load()) std::this_thread::sleep_for(1ms);
+    g_lock.read_unlock();
+  });
+  while (!inside.load()) std::this_thread::sleep_for(1ms);
+  registry_fork_prepare();
+  g_lock.writer_mutex().lock();
+  pid_t pid = fork();
+  if (pid == 0) {
+    g_lock.writer_mutex().reset_after_fork();
+    registry_fork_child();
+    alarm(10);
+    g_lock.write_lock();
+    g_lock.write_unlock();
+    g_lock.read_lock();
+    g_lock.read_unlock();
+    _exit(0);
+  }
+  g_lock.writer_mutex().unlock();
+  registry_fork_parent();
+  release.store(true);
+  reader.join();
+  REQUIRE(pid > 0);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+}

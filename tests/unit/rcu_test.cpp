@@ -1,0 +1,269 @@
+// RCU (src/sync/rcu.*): grace periods wait for exactly the readers they must, callbacks run
+// after them, and threads that exit or fork leave it working. The stress test poisons every
+// object it reclaims, so a reader that could still see a reclaimed object fails.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <pthread.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include "sync/rcu.h"
+#include "sync/thread_registry.h"
+#include "sync_support.h"
+
+using namespace fastmalloc::sync;
+using namespace sync_test;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Holds an RCU read section open on its own thread until released.
+class Reader {
+ public:
+  Reader() : thread_([this] {
+      rcu_read_lock();
+      inside_.store(true);
+      while (!release_.load()) std::this_thread::sleep_for(1ms);
+      rcu_read_unlock();
+    }) {
+    while (!inside_.load()) std::this_thread::sleep_for(1ms);
+  }
+  void release() { release_.store(true); }
+  ~Reader() {
+    release_.store(true);
+    thread_.join();
+  }
+
+ private:
+  std::atomic<bool> inside_{false}, release_{false};
+  std::thread thread_;
+};
+
+}  // namespace
+
+TEST_CASE("synchronize_rcu waits for a reader that started before it, and only that long", "[sync]") {
+  Reader reader;
+  std::atomic<bool> released{false}, synchronized{false};
+  std::thread writer([&] {
+    synchronize_rcu();
+    synchronized.store(true);
+    REQUIRE(released.load());
+  });
+  std::this_thread::sleep_for(50ms);
+  REQUIRE_FALSE(synchronized.load());
+  released.store(true);
+  reader.release();
+  writer.join();
+  REQUIRE(synchronized.load());
+}
+
+TEST_CASE("a reader that starts after synchronize_rcu began does not hold it up", "[sync]") {
+  // The writer's own read sections, and sections begun later, do not block it.
+  rcu_read_lock();
+  rcu_read_unlock();
+  require_finishes("synchronize_rcu with no reader", 10, [] { synchronize_rcu(); });
+}
+
+TEST_CASE("nested read sections end at the outermost unlock", "[sync]") {
+  std::atomic<int> stage{0};
+  std::atomic<bool> synchronized{false};
+  std::thread reader([&] {
+    rcu_read_lock();
+    rcu_read_lock();
+    rcu_read_unlock();  // still inside the outer section
+    stage.store(1);
+    while (stage.load() != 2) std::this_thread::sleep_for(1ms);
+    REQUIRE_FALSE(synchronized.load());
+    rcu_read_unlock();
+  });
+  while (stage.load() != 1) std::this_thread::sleep_for(1ms);
+  std::thread writer([&] {
+    synchronize_rcu();
+    synchronized.store(true);
+  });
+  std::this_thread::sleep_for(50ms);
+  REQUIRE_FALSE(synchronized.load());
+  stage.store(2);
+  reader.join();
+  writer.join();
+  REQUIRE(synchronized.load());
+}
+
+namespace {
+std::atomic<int> g_callbacks_run{0};
+void count_callback(RcuHead*) { g_callbacks_run.fetch_add(1); }
+}  // namespace
+
+TEST_CASE("call_rcu callbacks wait for the readers of their time, then run", "[sync]") {
+  rcu_barrier();
+  g_callbacks_run.store(0);
+  RcuHead heads[3];
+  {
+    Reader reader;
+    for (auto& h : heads) call_rcu(&h, count_callback);
+    REQUIRE(rcu_pending() == 3);
+    // However often it is polled, nothing runs while the reader is inside.
+    for (int i = 0; i < 50; ++i) {
+      rcu_poll();
+      std::this_thread::sleep_for(1ms);
+    }
+    REQUIRE(g_callbacks_run.load() == 0);
+    reader.release();
+  }
+  for (int i = 0; i < 1000 && g_callbacks_run.load() < 3; ++i) {
+    rcu_poll();
+    std::this_thread::sleep_for(1ms);
+  }
+  REQUIRE(g_callbacks_run.load() == 3);
+  REQUIRE(rcu_pending() == 0);
+}
+
+TEST_CASE("rcu_barrier runs every callback queued before it", "[sync]") {
+  rcu_barrier();
+  g_callbacks_run.store(0);
+  std::vector<RcuHead> heads(100);
+  for (auto& h : heads) call_rcu(&h, count_callback);
+  rcu_barrier();
+  REQUIRE(g_callbacks_run.load() == 100);
+  REQUIRE(rcu_pending() == 0);
+}
+
+TEST_CASE("RCU stress: readers never see an object reclaimed under them", "[sync][stress]") {
+  constexpr int kObjects = 1024;
+  static Object pool[kObjects];
+  static Object* free_list;  // the writer's thread only (callbacks run there too)
+  static std::atomic<Object*> current;
+  free_list = nullptr;
+  for (auto& o : pool) {
+    o.poison();
+    o.next_free = free_list;
+    free_list = &o;
+  }
+  auto take = [] {
+    Object* o = free_list;
+    free_list = o->next_free;
+    return o;
+  };
+  Object* first = take();
+  first->make_live(0);
+  current.store(first);
+
+  const int readers = 4 * static_cast<int>(std::thread::hardware_concurrency());
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> bad{0}, reads{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < readers; ++t) {
+    threads.emplace_back([&, t] {
+      uint64_t n = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        rcu_read_lock();
+        if (n % 7 == 0) rcu_read_lock();  // nested sections protect as well
+        Object* o = current.load(std::memory_order_acquire);
+        for (int k = 0; k < 4; ++k)
+          if (!o->live()) bad.fetch_add(1);
+        if (n % 7 == 0) rcu_read_unlock();
+        rcu_read_unlock();
+        ++n;
+        if (t % 2 == 0 && n % 64 == 0) std::this_thread::yield();
+      }
+      reads.fetch_add(n);
+    });
+  }
+  // Half the updates wait with synchronize_rcu, half defer with call_rcu.
+  static auto reclaim = [](RcuHead* head) {
+    Object* o = reinterpret_cast<Object*>(reinterpret_cast<char*>(head) - offsetof(Object, rcu_head));
+    o->poison();
+    o->next_free = free_list;
+    free_list = o;
+  };
+  uint64_t updates = 0;
+  auto start = std::chrono::steady_clock::now();
+  while (seconds_since(start) < 1.0) {
+    if (free_list == nullptr) rcu_barrier();
+    Object* next = take();
+    next->make_live(++updates);
+    Object* old = current.exchange(next, std::memory_order_acq_rel);
+    if (updates % 2 == 0) {
+      synchronize_rcu();
+      reclaim(reinterpret_cast<RcuHead*>(old->rcu_head));
+    } else {
+      call_rcu(reinterpret_cast<RcuHead*>(old->rcu_head), reclaim);
+      rcu_poll();
+    }
+  }
+  stop.store(true);
+  for (auto& t : threads) t.join();
+  rcu_barrier();
+  INFO("updates " << updates << ", reads " << reads.load());
+  REQUIRE(bad.load() == 0);
+  REQUIRE(updates > 100);
+  REQUIRE(reads.load() > 1000);
+}
+
+TEST_CASE("a thread that exits inside a read section does not block grace periods", "[sync]") {
+  pthread_t thread;
+  pthread_create(
+      &thread, nullptr,
+      [](void*) -> void* {
+        rcu_read_lock();
+        pthread_exit(nullptr);
+      },
+      nullptr);
+  pthread_join(thread, nullptr);
+  require_finishes("synchronize_rcu after a thread exited inside a section", 10, [] { synchronize_rcu(); });
+}
+
+TEST_CASE("records of exited threads are reused", "[sync]") {
+  auto run_readers = [] {
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 8; ++i)
+      threads.emplace_back([] {
+        rcu_read_lock();
+        rcu_read_unlock();
+      });
+    for (auto& t : threads) t.join();
+  };
+  run_readers();
+  unsigned after_first = records_in_use();
+  for (int round = 0; round < 200; ++round) run_readers();
+  // 1608 threads came and went; the records in use stay those of the threads alive now.
+  REQUIRE(records_in_use() <= after_first);
+}
+
+TEST_CASE("a fork child whose parent had readers inside can still synchronize", "[sync]") {
+  Reader reader;  // inside a section when the fork happens; absent from the child
+  registry_fork_prepare();
+  rcu_fork_prepare();
+  pid_t pid = fork();
+  if (pid == 0) {
+    rcu_fork_child();
+    registry_fork_child();
+    alarm(10);  // a hang fails the child
+    synchronize_rcu();
+    rcu_read_lock();
+    rcu_read_unlock();
+    rcu_barrier();
+    _exit(0);
+  }
+  rcu_fork_parent();
+  registry_fork_parent();
+  REQUIRE(pid > 0);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("readers fence exactly when membarrier is unavailable", "[sync]") {
+  rcu_read_lock();  // makes sure the registry has decided
+  rcu_read_unlock();
+  // The seccomp run of this suite (CTest "unit/sync without membarrier") sets this.
+  bool membarrier_denied = getenv("FASTMALLOC_TEST_NO_MEMBARRIER") != nullptr;
+  REQUIRE(g_readers_fence == membarrier_denied);
+}
