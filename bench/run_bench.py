@@ -42,6 +42,8 @@ def parse_args(argv, ncpu):
     p.add_argument("--pin", action="store_true", help="pin threads to processing units (hwloc)")
     p.add_argument("--out", default="build/bench", help="output directory (default build/bench)")
     p.add_argument("--build", default="build", help="the build directory (default build)")
+    p.add_argument("--no-sync", action="store_true",
+                   help="skip sync_bench (RCU and prwlock read sides and writers)")
     a = p.parse_args(argv)
 
     def listing(text, allowed, what):
@@ -144,6 +146,8 @@ def main():
     rows.sort(key=lambda r: (args.workloads.index(r["workload"]), r["threads"], ORDER.index(r["allocator"])))
     write_csv(args, rows)
     report = render(args, rows, topology, command)
+    if not args.no_sync:
+        report += run_sync_bench(args)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(report)
     print(report)
@@ -155,6 +159,48 @@ def main():
     if len(rows) != expected:
         sys.exit(f"bench: {len(rows)} of {expected} cells have results")
     print(f"bench: {len(rows)} cells, {done} runs; wrote {args.out}/results.md, results.csv and plots")
+
+
+def run_sync_bench(args):
+    """Runs sync_bench once (its figures are medians of nothing: one run, reported as printed)."""
+    scale = "0.05" if args.quick else "1"
+    sys.stderr.write("sync_bench ...\n")
+    proc = subprocess.run([os.path.join(args.build, "bench", "sync_bench"), "--scale", scale],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: sync_bench failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
+    with open(os.path.join(args.out, "sync.txt"), "w") as f:
+        f.write(proc.stdout)
+    kv = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    return render_sync(kv, scale)
+
+
+def render_sync(kv, scale):
+    out = ["## sync primitives: `build/bench/sync_bench`\n",
+           f"One run at scale {scale} (raw output in sync.txt). ns per read-side critical section around "
+           "one load, as CPU time (wall x min(threads, CPUs) / sections); `/plain` is over the "
+           "unsynchronized loop, `rwlock /` is pthread_rwlock's time over this one's "
+           f"(readers fence: {kv.get('readers_fence', '?')}).\n"]
+    kinds = ["plain", "rcu", "prwlock", "pthread_rwlock", "mutex"]
+    for load, suffix in (("a 2^20-entry array", ""), ("one hot word", "_l1")):
+        out.append(f"Load from {load}:\n")
+        out.append("| threads | " + " | ".join(kinds) + " | rcu /plain | prwlock /plain | rwlock / rcu | rwlock / prwlock |")
+        out.append("|---" * (1 + len(kinds) + 4) + "|")
+        for t in (1, 2, 16):
+            v = {k: float(kv[f"{k}_read_ns{suffix}_t{t}"]) for k in kinds}
+            out.append(f"| {t} | " + " | ".join(f"{v[k]:.2f}" for k in kinds) +
+                       f" | {v['rcu'] / v['plain']:.2f} | {v['prwlock'] / v['plain']:.2f}"
+                       f" | {v['pthread_rwlock'] / v['rcu']:.1f} | {v['pthread_rwlock'] / v['prwlock']:.1f} |")
+        out.append("")
+    out.append("Writers, 16 reader threads running (µs): "
+               f"prwlock write_lock+unlock p50 {kv['prwlock_write_us_p50']}, p99 {kv['prwlock_write_us_p99']}; "
+               f"synchronize_rcu p50 {kv['synchronize_rcu_us_p50']}, p99 {kv['synchronize_rcu_us_p99']}.\n")
+    out.append("The design notes' table (2 threads, 75% get / 25% put on a 2^20-entry array), ns per operation:\n")
+    out.append("| unsynchronized | compiler fence in put | mfence in put | mfence in put and get |")
+    out.append("|---|---|---|---|")
+    out.append(f"| {kv['table_plain_ns']} | {kv['table_compiler_fence_put_ns']} | {kv['table_mfence_put_ns']} "
+               f"| {kv['table_mfence_put_get_ns']} |\n")
+    return "\n".join(out) + "\n"
 
 
 def write_csv(args, rows):

@@ -10,5 +10,5 @@ ensure_packages cmake g++ make catch2 libhwloc-dev pkg-config python3 gnuplot-no
   libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc)" --target fastmalloc alloc_bench >/dev/null
+cmake --build build -j"$(nproc)" --target fastmalloc alloc_bench sync_bench >/dev/null
 exec python3 bench/run_bench.py "$@"
