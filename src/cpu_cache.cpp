@@ -12,6 +12,7 @@
 #include "os/os.h"
 #include "os/rseq.h"
 #include "sync/mutex.h"
+#include "sync/rcu.h"
 #include "transfer_cache.h"
 
 namespace fastmalloc {
@@ -235,7 +236,9 @@ void* cache_refill_pop(unsigned cls) {
   return refill_pop(RseqSlab{}, cls);
 }
 
-void cache_overflow_push(unsigned cls, void* p) {
+namespace {
+
+void overflow_to_lower_levels(unsigned cls, void* p) {
   if (capacity_of(cls) == 0) return central_list(cls).deallocate_batch(&p, 1);
   if (FM_UNLIKELY(!is_set_up())) {
     setup();
@@ -250,6 +253,14 @@ void cache_overflow_push(unsigned cls, void* p) {
   if (index == kNoSlab) return transfer_cache(cls).insert(&p, 1);
   ensure_slab(index);
   overflow_push(RseqSlab{}, cls, p);
+}
+
+}  // namespace
+
+void cache_overflow_push(unsigned cls, void* p) {
+  overflow_to_lower_levels(cls, p);
+  // Frees that reach the central lists may have emptied spans and retired their descriptors.
+  sync::rcu_poll();
 }
 
 namespace {

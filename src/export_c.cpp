@@ -104,6 +104,7 @@ FM_EXPORT int __posix_memalign(void** out, size_t align, size_t size) noexcept {
 FM_EXPORT int malloc_trim(size_t) noexcept {
   cache_drain_all();
   for (unsigned cls = 1; cls < kNumClasses; ++cls) transfer_cache(cls).drain();
+  sync::rcu_barrier();  // retired span descriptors back to their pool
   return g_page_heap.release_free_pages() > 0 ? 1 : 0;
 }
 

@@ -16,19 +16,27 @@
 //   page heap                   PageHeap::lock(): free span bins, span fields of free spans,
 //                               span state (written only under it), splitting and coalescing,
 //                               statistics of large blocks
-//   span map                    readers take no lock: root entries are published with release
-//                               stores and never change; an entry is written only by the owner
-//                               of the page (the central list or page heap that holds its
-//                               lock, or the thread mapping/unmapping its large block). A
-//                               lookup may return a stale descriptor for a page no live span
-//                               covers, so every reader checks the range and state it gets.
-//                               SpanMap::lock() serializes leaf creation and the spare leaf.
-//   span descriptors            recycled (never unmapped) through g_span_pool under the
-//                               metadata arena's lock, so a stale one is always readable.
+//   span map leaves             prwlock (SpanMap::structure_lock()): free() and span_of() look
+//                               up under its read side; releasing an empty leaf is its writer
+//                               (SpanMap::lock() held, signals blocked). Leaves are added
+//                               without it: zeroed, then published with a release store.
+//   span map entries            an entry is written only by the owner of the page (the
+//                               central list or page heap that holds its lock, or the thread
+//                               mapping/unmapping its large block, under SpanMap::lock() so a
+//                               leaf cannot be released between ensure and set). Every entry
+//                               of a small or free span's pages names that span's descriptor.
+//                               SpanMap::lock() serializes leaf creation, release, the spare.
+//   span descriptors            RCU: a descriptor leaves the map (its pages renamed to the
+//                               span that absorbed it, or its large block's entry cleared) and
+//                               is retired with call_rcu; span_of() reads descriptors inside
+//                               rcu_read_lock, so none is reused under it. Callbacks run from
+//                               rcu_poll() in slow paths holding no lock, and rcu_barrier() in
+//                               malloc_trim.
 //   metadata arena              MetaArena::lock()
 // LOCK ORDER (take left before right; never the other way):
-//   cache setup -> slab control (ascending) -> transfer cache (ascending class)
-//     -> central list (ascending class) -> page heap -> span map -> metadata arena
+//   RCU grace period -> cache setup -> slab control (ascending) -> transfer cache (ascending
+//     class) -> central list (ascending class) -> page heap -> span map -> span-map prwlock
+//     writer -> RCU callback queue -> metadata arena -> thread registry
 #include "front_end.h"
 
 #include <cerrno>
@@ -54,6 +62,7 @@ void* out_of_memory() {
 void* allocate_large(size_t size, size_t align) {
   // Refuse what no process could map before asking: sizes above PTRDIFF_MAX are never valid.
   if (size > static_cast<size_t>(PTRDIFF_MAX)) return out_of_memory();
+  sync::rcu_poll();  // descriptors retired by earlier frees
   Span* span = g_page_heap.map_large(size, align);
   if (span == nullptr) return out_of_memory();
   return reinterpret_cast<void*>(span->start);
@@ -69,6 +78,7 @@ void deallocate_slow(void* p, const char* call) {
   if (span->state == SpanState::kSmall) return deallocate_small(span->size_class, p);
   int saved_errno = errno;
   g_page_heap.unmap_large(span);
+  sync::rcu_poll();
   errno = saved_errno;
 }
 

@@ -31,6 +31,8 @@
 #include "size_classes.h"
 #include "span.h"
 #include "span_map.h"
+#include "sync/prwlock.h"
+#include "sync/rcu.h"
 
 namespace fastmalloc {
 
@@ -56,16 +58,23 @@ FM_ALWAYS_INLINE void deallocate_small(unsigned cls, void* p) {
 
 // The span that owns block p, or a report naming `call`. Ensures p is the start of a block that
 // is live as far as can be seen without the owner's lock (the central list checks again).
+// The leaf is read under the span map's read side, the descriptor under RCU, so neither can be
+// reused while it is checked (a descriptor is retired through call_rcu).
 FM_ALWAYS_INLINE Span* span_of(const void* p, const char* call) {
   uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  sync::rcu_read_lock();
+  g_span_map.structure_lock().read_lock();
   Span* span = g_span_map.lookup(addr);
+  g_span_map.structure_lock().read_unlock();
+  bool valid = false;
   if (FM_LIKELY(span != nullptr)) {
-    if (span->state == SpanState::kSmall) {
-      if (FM_LIKELY(span->contains(addr) && is_object_boundary(span->size_class, addr - span->start))) return span;
-    } else if (span->state == SpanState::kLarge && span->start == addr) {
-      return span;
-    }
+    if (span->state == SpanState::kSmall)
+      valid = span->contains(addr) && is_object_boundary(span->size_class, addr - span->start);
+    else
+      valid = span->state == SpanState::kLarge && span->start == addr;
   }
+  sync::rcu_read_unlock();
+  if (FM_LIKELY(valid)) return span;
   detail::report_invalid(call, p);
 }
 
@@ -79,7 +88,10 @@ FM_ALWAYS_INLINE void* allocate(size_t size) {
 // large blocks, pointers that fail the check) goes to the slow path, which reads the span.
 FM_ALWAYS_INLINE void deallocate(void* p, const char* call) {
   uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  sync::Prwlock& map_lock = g_span_map.structure_lock();
+  map_lock.read_lock();  // the leaf stays mapped while we read it
   uintptr_t entry = g_span_map.lookup_entry(addr);
+  map_lock.read_unlock();
   unsigned cls = SpanMap::entry_class(entry);
   if (FM_LIKELY(cls != 0 && is_object_boundary(cls, SpanMap::entry_offset(entry, addr))))
     return deallocate_small(cls, p);

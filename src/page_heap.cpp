@@ -4,6 +4,7 @@
 #include <cerrno>
 
 #include "os/os.h"
+#include "sync/rcu.h"
 
 namespace fastmalloc {
 
@@ -63,17 +64,20 @@ Span* PageHeap::allocate(size_t pages, unsigned size_class) {
   ++allocations_;
   remove_free(span);
   if (span->pages() > pages) {
-    // Split: the tail stays free under a new descriptor.
-    Span* rest = g_span_pool.create();
-    if (rest == nullptr) {
+    // Split: the head gets a new descriptor and the tail keeps the old one, whose name its
+    // pages already carry; the head's pages are all renamed below.
+    Span* head = g_span_pool.create();
+    if (head == nullptr) {
       insert_free(span);
       return nullptr;
     }
-    rest->start = span->start + pages * kPageSize;
-    rest->bytes = span->bytes - pages * kPageSize;
-    rest->released = span->released;
-    span->bytes = pages * kPageSize;
-    insert_free(rest);
+    head->start = span->start;
+    head->bytes = pages * kPageSize;
+    head->released = span->released;
+    span->start += pages * kPageSize;
+    span->bytes -= pages * kPageSize;
+    insert_free(span);
+    span = head;
   }
   span->size_class = static_cast<uint8_t>(size_class);
   map_.set_small_span(span, size_class);
@@ -83,6 +87,26 @@ Span* PageHeap::allocate(size_t pages, unsigned size_class) {
   return span;
 }
 
+void PageHeap::retire(Span* span) {
+  sync::call_rcu(&span->rcu, [](sync::RcuHead* head) {
+    g_span_pool.destroy(reinterpret_cast<Span*>(reinterpret_cast<char*>(head) - offsetof(Span, rcu)));
+  });
+}
+
+Span* PageHeap::merge(Span* survivor, Span* other) {
+  remove_free(other);
+  if (other->bytes > survivor->bytes) {
+    Span* t = survivor;
+    survivor = other;
+    other = t;
+  }
+  map_.set_range(other->start, other->bytes, survivor);
+  if (other->start < survivor->start) survivor->start = other->start;
+  survivor->bytes += other->bytes;
+  retire(other);
+  return survivor;
+}
+
 void PageHeap::deallocate(Span* span) {
   LockGuard guard(lock_);
   // Every page loses its class first: free() trusts a class it finds in the span map.
@@ -90,20 +114,14 @@ void PageHeap::deallocate(Span* span) {
   span->size_class = 0;
   span->free_objects = nullptr;
   span->live = 0;
-  span->released = false;
+  span->state = SpanState::kFree;
   if (Span* left = map_.lookup(span->start - 1);
-      left != nullptr && left != span && left->state == SpanState::kFree && left->end() == span->start) {
-    remove_free(left);
-    span->start = left->start;
-    span->bytes += left->bytes;
-    g_span_pool.destroy(left);
-  }
+      left != nullptr && left != span && left->state == SpanState::kFree && left->end() == span->start)
+    span = merge(span, left);
   if (Span* right = map_.lookup(span->end());
-      right != nullptr && right != span && right->state == SpanState::kFree && right->start == span->end()) {
-    remove_free(right);
-    span->bytes += right->bytes;
-    g_span_pool.destroy(right);
-  }
+      right != nullptr && right != span && right->state == SpanState::kFree && right->start == span->end())
+    span = merge(span, right);
+  span->released = false;
   insert_free(span);
 }
 
@@ -118,6 +136,8 @@ size_t PageHeap::release_free_pages() {
     }
   }
   released_bytes_ += released;
+  // Leaves emptied by large blocks that went away; the page heap's own leaves never empty.
+  map_.release_unused_leaves();
   return released;
 }
 
@@ -132,16 +152,21 @@ Span* PageHeap::map_large(size_t bytes, size_t align) {
   if (memory == nullptr) return nullptr;
   uintptr_t start = reinterpret_cast<uintptr_t>(memory);
   Span* span = g_span_pool.create();
-  if (span == nullptr || !map_.ensure(start, kPageSize)) {
+  if (span != nullptr) {
+    span->start = start;
+    span->bytes = mapped;
+    span->state = SpanState::kLarge;
+    // Under the map's lock: a leaf that holds no entry yet could be released in between.
+    LockGuard map_guard(map_.lock());
+    if (map_.ensure_locked(start, kPageSize)) map_.set(start, span);
+    else span->state = SpanState::kFree;
+  }
+  if (span == nullptr || span->state != SpanState::kLarge) {
     if (span != nullptr) g_span_pool.destroy(span);
     os::unmap(memory, mapped);
     errno = ENOMEM;
     return nullptr;
   }
-  span->start = start;
-  span->bytes = mapped;
-  span->state = SpanState::kLarge;
-  map_.set(start, span);
   LockGuard guard(lock_);
   ++large_count_;
   large_bytes_ += mapped;
@@ -158,7 +183,7 @@ void PageHeap::unmap_large(Span* span) {
   map_.set(span->start, nullptr);
   span->state = SpanState::kFree;
   os::unmap(reinterpret_cast<void*>(span->start), span->bytes);
-  g_span_pool.destroy(span);
+  retire(span);
 }
 
 bool PageHeap::remap_large(Span* span, size_t new_bytes) {

@@ -58,6 +58,11 @@ class PageHeap {
   void insert_free(Span* span);
   void remove_free(Span* span);
   SpanList& bin_for(size_t pages) { return bins_[pages < kBins ? pages : 0]; }
+  // Merges free neighbour `other` into `survivor` (whichever is larger keeps its descriptor;
+  // the other's pages are renamed to it), retiring the other. Returns the survivor.
+  Span* merge(Span* survivor, Span* other);
+  // A descriptor no entry names any more goes back to its pool after a grace period.
+  static void retire(Span* span);
 
   SpanMap& map_;
   Mutex lock_;

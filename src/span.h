@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "base.h"
+#include "sync/rcu.h"
 
 namespace fastmalloc {
 
@@ -29,6 +30,7 @@ struct Span {
   SpanState state;
   bool on_list;             // linked into a SpanList
   bool released;            // kFree only: its pages were given back to the OS (madvise)
+  sync::RcuHead rcu;        // for retiring the descriptor (PageHeap::retire)
 
   size_t pages() const { return bytes >> kPageShift; }
   uintptr_t end() const { return start + bytes; }

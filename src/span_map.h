@@ -1,7 +1,14 @@
 // The span map: from any address the allocator handed out to the span descriptor that owns it.
 // A two-level radix tree over 8 KiB page numbers: a root of 2^17 leaf pointers in .bss (1 MiB of
 // address space, touched only where used) and leaves of 2^18 entries (2 GiB of address space
-// each) mapped on demand. Lookups take no lock; see the SYNCHRONIZATION note in front_end.cpp.
+// each) mapped on demand, and unmapped again (release_unused_leaves) once they hold no entry.
+//
+// Lookups that may reach a leaf that can be released (every lookup of a pointer the program
+// passes in: free, realloc, malloc_usable_size) hold the read side of structure_lock(), a
+// passive reader-writer lock (sync/prwlock.h): one plain store in, one out, no atomic
+// instruction. Removing a leaf is its only writer. Adding a leaf needs no lock from readers: the
+// leaf is zeroed before its pointer is published with a release store. See the
+// SYNCHRONIZATION note in front_end.cpp.
 #pragma once
 
 #include <atomic>
@@ -11,6 +18,7 @@
 #include "base.h"
 #include "span.h"
 #include "sync/mutex.h"
+#include "sync/prwlock.h"
 
 namespace fastmalloc {
 
@@ -58,12 +66,23 @@ class SpanMap {
 
   // Records `span` (class 0) for the page holding `addr`, or for every page of a range; the
   // small-span form records the class and each page's index too. The range must have been
-  // ensure()d, and the caller owns those pages (holds the lock that owns them).
+  // ensure()d, and the caller owns those pages (holds the lock that owns them). A leaf whose
+  // entries are all cleared can be released, so whoever ensures and then sets entries in a leaf
+  // that may be empty (large blocks) does both under lock().
   void set(uintptr_t addr, Span* span) { store(addr, reinterpret_cast<uintptr_t>(span)); }
   void set_range(uintptr_t start, size_t bytes, Span* span);
   void set_small_span(Span* span, unsigned size_class);
 
   Mutex& lock() { return lock_; }
+
+  // Unmaps every leaf that holds no entry; returns the bytes given back. Takes lock() and the
+  // write side of structure_lock(); the caller must hold no lock below lock() (it is called
+  // with the page heap's lock held, which keeps the page heap from filling a leaf meanwhile).
+  size_t release_unused_leaves();
+  size_t leaf_bytes() const { return leaves_.load(std::memory_order_relaxed) * sizeof(Leaf); }
+  static constexpr size_t leaf_bytes_per_leaf() { return sizeof(Leaf); }
+
+  sync::Prwlock& structure_lock() { return structure_lock_; }
 
  private:
   static constexpr size_t kLeafEntries = size_t{1} << kLeafBits;
@@ -71,15 +90,20 @@ class SpanMap {
     std::atomic<uintptr_t> entries[kLeafEntries];
   };
 
+  // Counts each leaf's non-zero entries, so empty leaves can be found.
   void store(uintptr_t addr, uintptr_t entry) {
     uintptr_t page = addr >> kPageShift;
-    leaf_of(page)->entries[page & (kLeafEntries - 1)].store(entry, std::memory_order_release);
+    uintptr_t old = leaf_of(page)->entries[page & (kLeafEntries - 1)].exchange(entry, std::memory_order_release);
+    if ((old == 0) != (entry == 0)) live_[page >> kLeafBits].fetch_add(entry != 0 ? 1 : -1, std::memory_order_relaxed);
   }
   Leaf* leaf_of(uintptr_t page) const { return root_[page >> kLeafBits].load(std::memory_order_relaxed); }
 
   std::atomic<Leaf*> root_[size_t{1} << kRootBits] = {};
+  std::atomic<int32_t> live_[size_t{1} << kRootBits] = {};  // non-zero entries per leaf
+  std::atomic<size_t> leaves_{0};
   Leaf* spare_ = nullptr;
-  Mutex lock_;  // serializes leaf creation and the spare
+  Mutex lock_;  // serializes leaf creation, release and the spare
+  sync::Prwlock structure_lock_{0};
 };
 
 extern SpanMap g_span_map;

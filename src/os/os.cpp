@@ -7,6 +7,8 @@
 #include <ctime>
 #include <linux/futex.h>
 #include <sched.h>
+#include <csignal>
+#include <pthread.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -55,6 +57,16 @@ void futex_wait(uint32_t* word, uint32_t expected) {
 void futex_wake(uint32_t* word, int count) {
   ::syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, nullptr, nullptr, 0);
 }
+
+static_assert(sizeof(sigset_t) <= sizeof(unsigned long) * (128 / sizeof(unsigned long)));
+
+SignalBlock::SignalBlock() {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, reinterpret_cast<sigset_t*>(saved_));
+}
+
+SignalBlock::~SignalBlock() { pthread_sigmask(SIG_SETMASK, reinterpret_cast<sigset_t*>(saved_), nullptr); }
 
 void yield_cpu() { ::sched_yield(); }
 

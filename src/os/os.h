@@ -33,6 +33,19 @@ void futex_wake(uint32_t* word, int count);
 void yield_cpu();
 void sleep_us(unsigned microseconds);
 
+// Blocks every signal on the calling thread for its lifetime (pthread_sigmask), restoring the
+// mask after: for short sections that a handler running on the same thread must not interrupt.
+class SignalBlock {
+ public:
+  SignalBlock();
+  ~SignalBlock();
+  SignalBlock(const SignalBlock&) = delete;
+  SignalBlock& operator=(const SignalBlock&) = delete;
+
+ private:
+  unsigned long saved_[128 / sizeof(unsigned long)];  // a sigset_t
+};
+
 // Calls `visit(entry)` for each "NAME=value" entry of the startup environment. Works before
 // libc has set up `environ` (it then reads /proc/self/environ once). Not thread-safe: the
 // options module calls it once, under its own guard.

@@ -155,10 +155,8 @@ void rcu_barrier() {
 
 uint64_t rcu_pending() { return g_pending.load(std::memory_order_relaxed); }
 
-void rcu_fork_prepare() {
-  g_gp_lock.lock();
-  g_cb_lock.lock();
-}
+void rcu_fork_prepare() { g_gp_lock.lock(); }
+void rcu_fork_prepare_queue() { g_cb_lock.lock(); }
 
 void rcu_fork_parent() {
   g_cb_lock.unlock();

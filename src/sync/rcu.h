@@ -70,8 +70,11 @@ void rcu_barrier();
 // How many callbacks are queued and not yet run.
 uint64_t rcu_pending();
 
-// Fork: prepare takes RCU's locks (after the registry's); the child resets them.
+// Fork: RCU's two locks sit at two places in a lock order (the grace-period lock before
+// anything a writer holds, the callback queue's after whatever call_rcu is called under), so
+// they are taken by two calls; parent unlocks both, the child resets both.
 void rcu_fork_prepare();
+void rcu_fork_prepare_queue();
 void rcu_fork_parent();
 void rcu_fork_child();
 

@@ -238,8 +238,9 @@ TEST_CASE("records of exited threads are reused", "[sync]") {
 
 TEST_CASE("a fork child whose parent had readers inside can still synchronize", "[sync]") {
   Reader reader;  // inside a section when the fork happens; absent from the child
-  registry_fork_prepare();
   rcu_fork_prepare();
+  rcu_fork_prepare_queue();
+  registry_fork_prepare();
   pid_t pid = fork();
   if (pid == 0) {
     rcu_fork_child();
