@@ -179,7 +179,8 @@ struct OwnedSlab {
 };
 
 // After a miss that may not be real (an abort, a slab or thread just set up, or a fast path
-// that is off because hits are counted), tries once more; then takes a batch from the transfer cache, keeps all but one in the slab and returns that one.
+// that is off because hits are counted), tries once more; then takes a batch from the
+// transfer cache, keeps all but one in the slab and returns that one.
 template <class Slab>
 void* refill_pop(const Slab& slab, unsigned cls) {
   void* p;

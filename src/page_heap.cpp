@@ -152,16 +152,17 @@ Span* PageHeap::map_large(size_t bytes, size_t align) {
   if (memory == nullptr) return nullptr;
   uintptr_t start = reinterpret_cast<uintptr_t>(memory);
   Span* span = g_span_pool.create();
+  bool recorded = false;
   if (span != nullptr) {
     span->start = start;
     span->bytes = mapped;
     span->state = SpanState::kLarge;
     // Under the map's lock: a leaf that holds no entry yet could be released in between.
     LockGuard map_guard(map_.lock());
-    if (map_.ensure_locked(start, kPageSize)) map_.set(start, span);
-    else span->state = SpanState::kFree;
+    recorded = map_.ensure_locked(start, kPageSize);
+    if (recorded) map_.set(start, span);
   }
-  if (span == nullptr || span->state != SpanState::kLarge) {
+  if (!recorded) {
     if (span != nullptr) g_span_pool.destroy(span);
     os::unmap(memory, mapped);
     errno = ENOMEM;

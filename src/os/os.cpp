@@ -6,9 +6,8 @@
 #include <fcntl.h>
 #include <ctime>
 #include <linux/futex.h>
-#include <sched.h>
-#include <csignal>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -58,15 +57,13 @@ void futex_wake(uint32_t* word, int count) {
   ::syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, nullptr, nullptr, 0);
 }
 
-static_assert(sizeof(sigset_t) <= sizeof(unsigned long) * (128 / sizeof(unsigned long)));
-
 SignalBlock::SignalBlock() {
   sigset_t all;
   sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, reinterpret_cast<sigset_t*>(saved_));
+  pthread_sigmask(SIG_BLOCK, &all, &saved_);
 }
 
-SignalBlock::~SignalBlock() { pthread_sigmask(SIG_SETMASK, reinterpret_cast<sigset_t*>(saved_), nullptr); }
+SignalBlock::~SignalBlock() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
 
 void yield_cpu() { ::sched_yield(); }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <csignal>
 #include <cstdint>
 
 namespace fastmalloc::os {
@@ -43,7 +44,7 @@ class SignalBlock {
   SignalBlock& operator=(const SignalBlock&) = delete;
 
  private:
-  unsigned long saved_[128 / sizeof(unsigned long)];  // a sigset_t
+  sigset_t saved_;
 };
 
 // Calls `visit(entry)` for each "NAME=value" entry of the startup environment. Works before

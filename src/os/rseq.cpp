@@ -76,34 +76,26 @@ bool rseq_register_current_thread() {
   return ok;
 }
 
-bool membarrier_rseq_register() {
+namespace {
+// One membarrier command; the caller's errno survives a refusal.
+bool membarrier(int command, unsigned flags, int cpu) {
   int saved_errno = errno;
-  bool ok = ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
+  bool ok = ::syscall(SYS_membarrier, command, flags, cpu) == 0;
   errno = saved_errno;
   return ok;
 }
+}  // namespace
+
+bool membarrier_rseq_register() { return membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0); }
 
 bool membarrier_rseq_fence(int cpu) {
-  int saved_errno = errno;
-  bool ok = cpu < 0 ? ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0
-                    : ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) == 0;
-  errno = saved_errno;
-  return ok;
+  return cpu < 0 ? membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0)
+                 : membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu);
 }
 
-bool membarrier_private_register() {
-  int saved_errno = errno;
-  bool ok = ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
-  errno = saved_errno;
-  return ok;
-}
+bool membarrier_private_register() { return membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0); }
 
-bool membarrier_private() {
-  int saved_errno = errno;
-  bool ok = ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0;
-  errno = saved_errno;
-  return ok;
-}
+bool membarrier_private() { return membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0); }
 
 uint32_t possible_cpus() {
   int saved_errno = errno;

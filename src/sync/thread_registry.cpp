@@ -143,7 +143,6 @@ void registry_fork_child() {
       ++g_in_use;
       return;
     }
-    r.next_free = nullptr;
     clear(r);
     r.next_free = g_free;
     g_free = &r;

@@ -136,25 +136,15 @@ TEST_CASE("prwlock stress: readers never see what a writer replaced", "[sync][st
   objects[0].make_live(0);
   objects[1].poison();
   current.store(&objects[0]);
-  const int readers = 4 * static_cast<int>(std::thread::hardware_concurrency());
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> bad{0}, reads{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < readers; ++t) {
-    threads.emplace_back([&, t] {
-      uint64_t n = 0;
-      while (!stop.load(std::memory_order_relaxed)) {
-        g_lock.read_lock();
-        Object* o = current.load(std::memory_order_relaxed);
-        for (int k = 0; k < 4; ++k)
-          if (!o->live()) bad.fetch_add(1);
-        g_lock.read_unlock();
-        ++n;
-        if (t % 2 == 0 && n % 64 == 0) std::this_thread::yield();
-      }
-      reads.fetch_add(n);
-    });
-  }
+  StressReaders readers([](uint64_t) {
+    uint64_t stale = 0;
+    g_lock.read_lock();
+    Object* o = current.load(std::memory_order_relaxed);
+    for (int k = 0; k < 4; ++k)
+      if (!o->live()) ++stale;
+    g_lock.read_unlock();
+    return stale;
+  });
   uint64_t writes = 0;
   auto start = std::chrono::steady_clock::now();
   while (seconds_since(start) < 1.0) {
@@ -166,12 +156,11 @@ TEST_CASE("prwlock stress: readers never see what a writer replaced", "[sync][st
     old->poison();
     g_lock.write_unlock();
   }
-  stop.store(true);
-  for (auto& t : threads) t.join();
-  INFO("writes " << writes << ", reads " << reads.load());
-  REQUIRE(bad.load() == 0);
+  readers.stop();
+  INFO("writes " << writes << ", reads " << readers.reads());
+  REQUIRE(readers.bad() == 0);
   REQUIRE(writes > 100);
-  REQUIRE(reads.load() > 1000);
+  REQUIRE(readers.reads() > 1000);
 }
 
 TEST_CASE("a fork child can take the write side after readers were inside in the parent", "[sync]") {

@@ -154,27 +154,17 @@ TEST_CASE("RCU stress: readers never see an object reclaimed under them", "[sync
   first->make_live(0);
   current.store(first);
 
-  const int readers = 4 * static_cast<int>(std::thread::hardware_concurrency());
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> bad{0}, reads{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < readers; ++t) {
-    threads.emplace_back([&, t] {
-      uint64_t n = 0;
-      while (!stop.load(std::memory_order_relaxed)) {
-        rcu_read_lock();
-        if (n % 7 == 0) rcu_read_lock();  // nested sections protect as well
-        Object* o = current.load(std::memory_order_acquire);
-        for (int k = 0; k < 4; ++k)
-          if (!o->live()) bad.fetch_add(1);
-        if (n % 7 == 0) rcu_read_unlock();
-        rcu_read_unlock();
-        ++n;
-        if (t % 2 == 0 && n % 64 == 0) std::this_thread::yield();
-      }
-      reads.fetch_add(n);
-    });
-  }
+  StressReaders readers([](uint64_t n) {
+    uint64_t stale = 0;
+    rcu_read_lock();
+    if (n % 7 == 0) rcu_read_lock();  // nested sections protect as well
+    Object* o = current.load(std::memory_order_acquire);
+    for (int k = 0; k < 4; ++k)
+      if (!o->live()) ++stale;
+    if (n % 7 == 0) rcu_read_unlock();
+    rcu_read_unlock();
+    return stale;
+  });
   // Half the updates wait with synchronize_rcu, half defer with call_rcu.
   static auto reclaim = [](RcuHead* head) {
     Object* o = reinterpret_cast<Object*>(reinterpret_cast<char*>(head) - offsetof(Object, rcu_head));
@@ -197,13 +187,12 @@ TEST_CASE("RCU stress: readers never see an object reclaimed under them", "[sync
       rcu_poll();
     }
   }
-  stop.store(true);
-  for (auto& t : threads) t.join();
+  readers.stop();
   rcu_barrier();
-  INFO("updates " << updates << ", reads " << reads.load());
-  REQUIRE(bad.load() == 0);
+  INFO("updates " << updates << ", reads " << readers.reads());
+  REQUIRE(readers.bad() == 0);
   REQUIRE(updates > 100);
-  REQUIRE(reads.load() > 1000);
+  REQUIRE(readers.reads() > 1000);
 }
 
 TEST_CASE("a thread that exits inside a read section does not block grace periods", "[sync]") {

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <thread>
 #include <unistd.h>
+#include <vector>
 
 namespace sync_test {
 
@@ -57,6 +58,41 @@ struct Object {
       if (w.load(std::memory_order_relaxed) != first) return false;
     return true;
   }
+};
+
+// The readers of a stress test: four per CPU, each calling read_once(n) (n counts its calls)
+// until stopped; read_once returns how many stale objects it saw. Half of them yield now and
+// then, so readers are also preempted inside their sections.
+class StressReaders {
+ public:
+  template <class ReadOnce>
+  explicit StressReaders(ReadOnce read_once) {
+    int count = 4 * static_cast<int>(std::thread::hardware_concurrency());
+    for (int t = 0; t < count; ++t)
+      threads_.emplace_back([this, t, read_once] {
+        uint64_t n = 0;
+        while (!stop_.load(std::memory_order_relaxed)) {
+          if (uint64_t stale = read_once(n)) bad_.fetch_add(stale);
+          ++n;
+          if (t % 2 == 0 && n % 64 == 0) std::this_thread::yield();
+        }
+        reads_.fetch_add(n);
+      });
+  }
+  ~StressReaders() { stop(); }
+
+  void stop() {
+    stop_.store(true);
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+  }
+  uint64_t bad() const { return bad_.load(); }
+  uint64_t reads() const { return reads_.load(); }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> bad_{0}, reads_{0};
+  std::vector<std::thread> threads_;
 };
 
 // Elapsed time in seconds since `start`.
