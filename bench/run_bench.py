@@ -162,7 +162,7 @@ def main():
 
 
 def run_sync_bench(args):
-    """Runs sync_bench once (its figures are medians of nothing: one run, reported as printed)."""
+    """Runs sync_bench once; its read-side figures are its own medians of 5 interleaved runs."""
     scale = "0.05" if args.quick else "1"
     sys.stderr.write("sync_bench ...\n")
     proc = subprocess.run([os.path.join(args.build, "bench", "sync_bench"), "--scale", scale],
@@ -177,8 +177,9 @@ def run_sync_bench(args):
 
 def render_sync(kv, scale):
     out = ["## sync primitives: `build/bench/sync_bench`\n",
-           f"One run at scale {scale} (raw output in sync.txt). ns per read-side critical section around "
-           "one load, as CPU time (wall x min(threads, CPUs) / sections); `/plain` is over the "
+           f"Scale {scale} (raw output in sync.txt). ns per read-side critical section around "
+           "one load, as CPU time (wall x min(threads, CPUs) / sections), median of 5 runs with the "
+           "kinds interleaved; `/plain` is over the "
            "unsynchronized loop, `rwlock /` is pthread_rwlock's time over this one's "
            f"(readers fence: {kv.get('readers_fence', '?')}).\n"]
     kinds = ["plain", "rcu", "prwlock", "pthread_rwlock", "mutex"]

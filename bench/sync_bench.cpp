@@ -100,8 +100,9 @@ struct Rcu {
   static void unlock() { fs::rcu_read_unlock(); }
 };
 struct Prw {
-  static void lock() { g_prwlock.read_lock(); }
-  static void unlock() { g_prwlock.read_unlock(); }
+  static inline thread_local fs::Prwlock::ReadSection section;
+  static void lock() { section = g_prwlock.read_lock(); }
+  static void unlock() { g_prwlock.read_unlock(section); }
 };
 struct RwLock {
   static void lock() { pthread_rwlock_rdlock(&g_rwlock); }
@@ -184,7 +185,7 @@ void usage(FILE* out) {
           "prints key=value lines:\n"
           "  {plain,rcu,prwlock,pthread_rwlock,mutex}_read_ns_t{1,2,16}   ns per read section around a\n"
           "      load from a 2^20-entry array (CPU time: wall x min(threads, CPUs) / sections);\n"
-          "      ..._l1_t{1,2,16}: the same around a load of one hot word\n"
+          "      ..._l1_t{1,2,16}: the same around a load of one hot word; each a median of 5 runs\n"
           "  prwlock_write_us_p50/p99, synchronize_rcu_us_p50/p99   writer latency, 16 readers running\n"
           "  table_{plain,compiler_fence_put,mfence_put,mfence_put_get}_ns   2 threads, 75%% get / 25%% put\n");
 }
@@ -209,15 +210,25 @@ int main(int argc, char** argv) {
     }
   }
   printf("cpus=%u\n", cpus());
+  // Each figure is the median of kRounds runs, the five kinds of section interleaved within a
+  // round, so a burst of noise on this shared machine lands on one run, not on one kind.
+  constexpr int kRounds = 5;
   const int thread_counts[] = {1, 2, 16};
   for (bool hot : {false, true}) {
     const char* suffix = hot ? "_l1" : "";
     for (int threads : thread_counts) {
-      printf("plain_read_ns%s_t%d=%.2f\n", suffix, threads, read_ns<Plain>(threads, hot));
-      printf("rcu_read_ns%s_t%d=%.2f\n", suffix, threads, read_ns<Rcu>(threads, hot));
-      printf("prwlock_read_ns%s_t%d=%.2f\n", suffix, threads, read_ns<Prw>(threads, hot));
-      printf("pthread_rwlock_read_ns%s_t%d=%.2f\n", suffix, threads, read_ns<RwLock>(threads, hot));
-      printf("mutex_read_ns%s_t%d=%.2f\n", suffix, threads, read_ns<MutexLock>(threads, hot));
+      struct Kind {
+        const char* name;
+        double (*run)(int, bool);
+        std::vector<double> ns;
+      } kinds[] = {{"plain", read_ns<Plain>, {}},
+                   {"rcu", read_ns<Rcu>, {}},
+                   {"prwlock", read_ns<Prw>, {}},
+                   {"pthread_rwlock", read_ns<RwLock>, {}},
+                   {"mutex", read_ns<MutexLock>, {}}};
+      for (int round = 0; round < kRounds; ++round)
+        for (Kind& kind : kinds) kind.ns.push_back(kind.run(threads, hot));
+      for (Kind& kind : kinds) printf("%s_read_ns%s_t%d=%.2f\n", kind.name, suffix, threads, percentile(kind.ns, 0.5));
       fflush(stdout);
     }
   }

@@ -63,9 +63,9 @@ FM_ALWAYS_INLINE void deallocate_small(unsigned cls, void* p) {
 FM_ALWAYS_INLINE Span* span_of(const void* p, const char* call) {
   uintptr_t addr = reinterpret_cast<uintptr_t>(p);
   sync::rcu_read_lock();
-  g_span_map.structure_lock().read_lock();
+  sync::Prwlock::ReadSection section = g_span_map.structure_lock().read_lock();
   Span* span = g_span_map.lookup(addr);
-  g_span_map.structure_lock().read_unlock();
+  g_span_map.structure_lock().read_unlock(section);
   bool valid = false;
   if (FM_LIKELY(span != nullptr)) {
     if (span->state == SpanState::kSmall)
@@ -89,9 +89,9 @@ FM_ALWAYS_INLINE void* allocate(size_t size) {
 FM_ALWAYS_INLINE void deallocate(void* p, const char* call) {
   uintptr_t addr = reinterpret_cast<uintptr_t>(p);
   sync::Prwlock& map_lock = g_span_map.structure_lock();
-  map_lock.read_lock();  // the leaf stays mapped while we read it
+  sync::Prwlock::ReadSection section = map_lock.read_lock();  // the leaf stays mapped while we read it
   uintptr_t entry = g_span_map.lookup_entry(addr);
-  map_lock.read_unlock();
+  map_lock.read_unlock(section);
   unsigned cls = SpanMap::entry_class(entry);
   if (FM_LIKELY(cls != 0 && is_object_boundary(cls, SpanMap::entry_offset(entry, addr))))
     return deallocate_small(cls, p);

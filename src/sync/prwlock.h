@@ -34,41 +34,54 @@ namespace fastmalloc::sync {
 
 class Prwlock {
  public:
+  // What read_lock() hands to read_unlock(): the reader's status word for this lock.
+  using ReadSection = std::atomic<uint64_t>*;
+
   explicit constexpr Prwlock(unsigned slot) : slot_(slot) {}
   Prwlock(const Prwlock&) = delete;
   Prwlock& operator=(const Prwlock&) = delete;
 
-  FM_ALWAYS_INLINE void read_lock() {
-    ThreadRecord* r = current_record();
-    std::atomic<uint64_t>& status = r->prw[slot_];
+  FM_ALWAYS_INLINE ReadSection read_lock() {
+    std::atomic<uint64_t>& status = current_record()->prw[slot_];
     uint64_t word = status.load(std::memory_order_relaxed);
     if (FM_UNLIKELY((word & kNestMask) != 0)) {
       status.store(word + 1, std::memory_order_relaxed);  // nested: already in
-      return;
+      return &status;
     }
     // Acquire: pairs with write_unlock, so the last writer's changes are seen.
     uint64_t version = version_.load(std::memory_order_acquire);
     status.store(version << kPrwNestBits | 1, std::memory_order_relaxed);
-    reader_fence();
-    if (FM_UNLIKELY((version & 1) != 0 || version_.load(std::memory_order_relaxed) != version)) read_lock_slow(status);
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // readers that must fence take the slow path
+    if (FM_UNLIKELY((version & kSlowBits) != 0 || version_.load(std::memory_order_relaxed) != version))
+      read_lock_slow(status);
+    return &status;
   }
 
-  FM_ALWAYS_INLINE void read_unlock() {
-    std::atomic<uint64_t>& status = detail::t_record->prw[slot_];
+  FM_ALWAYS_INLINE void read_unlock(ReadSection status) {
     // Release: the section's loads happen before a writer can see it ended.
-    status.store(status.load(std::memory_order_relaxed) - 1, std::memory_order_release);
+    status->store(status->load(std::memory_order_relaxed) - 1, std::memory_order_release);
   }
 
   void write_lock();
   void write_unlock();
 
+  // For tests: whether readers are sent to the slow path to fence (see kFenceBit).
+  bool readers_sent_to_fence() const { return (version_.load(std::memory_order_relaxed) & kFenceBit) != 0; }
+
   // Fork: prepare takes the writer mutex; the child finds it free.
   Mutex& writer_mutex() { return writer_; }
 
  private:
+  // The version word: bit 0 is set while a writer is inside; bit 1 sends readers to the slow
+  // path, which fences where readers must (g_readers_fence) and otherwise clears the bit for
+  // good. It starts set because whether readers fence is decided at run time, and testing the
+  // version's low bits keeps that decision off the fast path. Writers count in steps of 4.
+  static constexpr uint64_t kWriterBit = 1, kFenceBit = 2, kSlowBits = kWriterBit | kFenceBit;
+  static constexpr uint64_t kVersionStep = 4;
+
   FM_NOINLINE void read_lock_slow(std::atomic<uint64_t>& status);
 
-  std::atomic<uint64_t> version_{0};
+  std::atomic<uint64_t> version_{kFenceBit};
   Mutex writer_;
   const unsigned slot_;
 };

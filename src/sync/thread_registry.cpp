@@ -17,7 +17,7 @@ namespace fastmalloc::sync {
 bool g_readers_fence = false;
 
 namespace detail {
-__attribute__((tls_model("initial-exec"))) thread_local ThreadRecord* t_record = nullptr;
+__attribute__((tls_model("initial-exec"))) constinit thread_local ThreadRecord* t_record = nullptr;
 std::atomic<ThreadRecord*> g_chunks[kMaxChunks];
 std::atomic<unsigned> g_records_carved{0};
 }  // namespace detail

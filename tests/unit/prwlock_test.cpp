@@ -26,11 +26,11 @@ TEST_CASE("a writer waits for the reader inside, then shuts new readers out", "[
   std::atomic<int> stage{0};
   std::atomic<bool> writer_in{false}, reader_in{false};
   std::thread reader([&] {
-    g_lock.read_lock();
+    Prwlock::ReadSection section = g_lock.read_lock();
     stage.store(1);
     std::this_thread::sleep_for(50ms);
     REQUIRE_FALSE(writer_in.load());
-    g_lock.read_unlock();
+    g_lock.read_unlock(section);
   });
   while (stage.load() != 1) std::this_thread::sleep_for(1ms);
   std::thread writer([&] {
@@ -44,10 +44,10 @@ TEST_CASE("a writer waits for the reader inside, then shuts new readers out", "[
   });
   while (stage.load() != 2) std::this_thread::sleep_for(1ms);
   std::thread late_reader([&] {
-    g_lock.read_lock();
+    Prwlock::ReadSection section = g_lock.read_lock();
     reader_in.store(true);
     REQUIRE_FALSE(writer_in.load());
-    g_lock.read_unlock();
+    g_lock.read_unlock(section);
   });
   reader.join();
   writer.join();
@@ -55,17 +55,27 @@ TEST_CASE("a writer waits for the reader inside, then shuts new readers out", "[
   REQUIRE(reader_in.load());
 }
 
+TEST_CASE("readers skip the fence exactly when writers fence for them", "[sync]") {
+  Prwlock::ReadSection section = g_lock.read_lock();
+  g_lock.read_unlock(section);
+  g_lock.write_lock();  // a writer keeps the choice
+  g_lock.write_unlock();
+  section = g_lock.read_lock();
+  g_lock.read_unlock(section);
+  REQUIRE(g_lock.readers_sent_to_fence() == g_readers_fence);
+}
+
 TEST_CASE("readers do not exclude each other", "[sync]") {
-  g_lock.read_lock();
+  Prwlock::ReadSection section = g_lock.read_lock();
   std::atomic<bool> other_in{false};
   std::thread other([&] {
-    g_lock.read_lock();
+    Prwlock::ReadSection section = g_lock.read_lock();
     other_in.store(true);
-    g_lock.read_unlock();
+    g_lock.read_unlock(section);
   });
   other.join();
   REQUIRE(other_in.load());
-  g_lock.read_unlock();
+  g_lock.read_unlock(section);
 }
 
 TEST_CASE("readers that are idle or gone do not hold a writer up", "[sync]") {
@@ -75,15 +85,15 @@ TEST_CASE("readers that are idle or gone do not hold a writer up", "[sync]") {
   std::vector<std::thread> idle;
   for (int i = 0; i < 16; ++i)
     idle.emplace_back([&] {
-      g_lock.read_lock();
-      g_lock.read_unlock();
+      Prwlock::ReadSection section = g_lock.read_lock();
+      g_lock.read_unlock(section);
       while (!release.load()) std::this_thread::sleep_for(5ms);
     });
   pthread_t gone;
   pthread_create(
       &gone, nullptr,
       [](void*) -> void* {
-        g_lock.read_lock();
+        Prwlock::ReadSection section = g_lock.read_lock();
         pthread_exit(nullptr);
       },
       nullptr);
@@ -101,9 +111,9 @@ TEST_CASE("readers that are idle or gone do not hold a writer up", "[sync]") {
 namespace {
 std::atomic<int> g_handler_reads{0};
 void read_in_handler(int) {
-  g_lock.read_lock();
+  Prwlock::ReadSection section = g_lock.read_lock();
   g_handler_reads.fetch_add(1);
-  g_lock.read_unlock();
+  g_lock.read_unlock(section);
 }
 }  // namespace
 
@@ -112,7 +122,7 @@ TEST_CASE("a signal handler that reads inside a read section leaves the section 
   sa.sa_handler = read_in_handler;
   sigaction(SIGUSR1, &sa, nullptr);
   std::atomic<bool> writer_in{false};
-  g_lock.read_lock();
+  Prwlock::ReadSection section = g_lock.read_lock();
   raise(SIGUSR1);  // nested read lock and unlock inside our section
   std::thread writer([&] {
     g_lock.write_lock();
@@ -121,7 +131,7 @@ TEST_CASE("a signal handler that reads inside a read section leaves the section 
   });
   std::this_thread::sleep_for(50ms);
   REQUIRE_FALSE(writer_in.load());  // still excluded: the handler's unlock did not end our section
-  g_lock.read_unlock();
+  g_lock.read_unlock(section);
   writer.join();
   REQUIRE(writer_in.load());
   REQUIRE(g_handler_reads.load() == 1);
@@ -138,11 +148,11 @@ TEST_CASE("prwlock stress: readers never see what a writer replaced", "[sync][st
   current.store(&objects[0]);
   StressReaders readers([](uint64_t) {
     uint64_t stale = 0;
-    g_lock.read_lock();
+    Prwlock::ReadSection section = g_lock.read_lock();
     Object* o = current.load(std::memory_order_relaxed);
     for (int k = 0; k < 4; ++k)
       if (!o->live()) ++stale;
-    g_lock.read_unlock();
+    g_lock.read_unlock(section);
     return stale;
   });
   uint64_t writes = 0;
@@ -166,10 +176,10 @@ TEST_CASE("prwlock stress: readers never see what a writer replaced", "[sync][st
 TEST_CASE("a fork child can take the write side after readers were inside in the parent", "[sync]") {
   std::atomic<bool> inside{false}, release{false};
   std::thread reader([&] {
-    g_lock.read_lock();
+    Prwlock::ReadSection section = g_lock.read_lock();
     inside.store(true);
     while (!release.load()) std::this_thread::sleep_for(1ms);
-    g_lock.read_unlock();
+    g_lock.read_unlock(section);
   });
   while (!inside.load()) std::this_thread::sleep_for(1ms);
   registry_fork_prepare();
@@ -181,8 +191,8 @@ TEST_CASE("a fork child can take the write side after readers were inside in the
     alarm(10);
     g_lock.write_lock();
     g_lock.write_unlock();
-    g_lock.read_lock();
-    g_lock.read_unlock();
+    Prwlock::ReadSection section = g_lock.read_lock();
+    g_lock.read_unlock(section);
     _exit(0);
   }
   g_lock.writer_mutex().unlock();
