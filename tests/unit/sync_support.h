@@ -40,20 +40,25 @@ constexpr uint64_t kLive = 0x1151'1151'1151'1151, kPoison = 0xdead'dead'dead'dea
 // A pool of objects that are never returned to malloc, so a reader holding a stale pointer reads
 // poison, not freed memory.
 // Words are relaxed atomics: a broken lock shows up as poison read, not as a compiler's guess.
+// `plain` is an ordinary field written and read beside them, so that ThreadSanitizer (which sees
+// no race on atomics) reports a reader and a reclaimer that the lock failed to order.
 struct Object {
   std::atomic<uint64_t> words[8];
+  uint64_t plain;
   Object* next_free;
   void* rcu_head[2];  // room for an RcuHead
   void make_live(uint64_t tag) {
     for (auto& w : words) w.store(kLive ^ tag, std::memory_order_relaxed);
+    plain = kLive ^ tag;
   }
   void poison() {
     for (auto& w : words) w.store(kPoison, std::memory_order_relaxed);
+    plain = kPoison;
   }
   // True when every word carries the same live pattern.
   bool live() const {
     uint64_t first = words[0].load(std::memory_order_relaxed);
-    if (first == kPoison) return false;
+    if (first == kPoison || plain != first) return false;
     for (const auto& w : words)
       if (w.load(std::memory_order_relaxed) != first) return false;
     return true;
