@@ -17,6 +17,12 @@ extern "C" {
  * text as malloc_stats() and as FASTMALLOC_STATS=1 at exit. Safe to call from any thread. */
 void fastmalloc_stats_print(void);
 
+/* Gives back to the OS all the memory it can now, as malloc_trim(0) does: empties the per-CPU
+ * caches of every CPU (where membarrier allows; otherwise the caller's), the transfer caches
+ * and the central lists' empty spans, and releases every free page. Returns the bytes of pages
+ * newly released. Free pages also go back by themselves after FASTMALLOC_DECAY. */
+size_t fastmalloc_release_memory(void);
+
 /* Reads one of the allocator's numbers into *value. Returns 0, or EINVAL for an unknown name.
  * Values are read without stopping other threads (so sums may be off by what moved meanwhile);
  * all are byte counts but the last four:

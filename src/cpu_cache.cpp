@@ -11,6 +11,7 @@
 #include "options.h"
 #include "os/os.h"
 #include "os/rseq.h"
+#include "page_heap.h"
 #include "sync/mutex.h"
 #include "sync/rcu.h"
 #include "transfer_cache.h"
@@ -21,7 +22,8 @@ constinit PerCpuConfig g_percpu{};
 
 namespace {
 
-// Up to 128 KiB of one class per CPU (at most 2048 objects), for classes up to 64 KiB.
+// Up to 128 KiB of one class per CPU (at most 2048 objects), for classes up to 64 KiB; the
+// layout's room, which FASTMALLOC_CPU_CACHE_SIZE may cut (set_capacity).
 constexpr uint16_t capacity_of(unsigned cls) {
   size_t size = size_class_detail::size_of_class(cls);
   if (size > 64 * 1024) return 0;
@@ -47,6 +49,21 @@ constexpr Layout make_layout() {
 
 constexpr Layout kLayout = make_layout();
 static_assert(kLayout.end[kNumClasses - 1] <= arch::kFreeHitsWord, "slots must fit in a slab, below its counter");
+
+// The end each header gets: kLayout's, or lower so that a CPU's cache holds at most
+// FASTMALLOC_CPU_CACHE_SIZE bytes (every class cut in the same proportion). Set at setup.
+uint16_t g_end[kNumClasses];
+
+void set_capacity(uint64_t budget_bytes) {
+  uint64_t layout_bytes = 0;
+  for (unsigned cls = 1; cls < kNumClasses; ++cls)
+    layout_bytes += uint64_t{capacity_of(cls)} * size_class_detail::size_of_class(cls);
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    uint64_t slots = capacity_of(cls);
+    if (budget_bytes < layout_bytes) slots = slots * budget_bytes / layout_bytes;
+    g_end[cls] = static_cast<uint16_t>(kLayout.begin[cls] + slots);
+  }
+}
 
 struct alignas(64) SlabControl {
   Mutex lock;
@@ -102,6 +119,7 @@ void setup() {
   g_percpu.index_field = rseq.index_field;
   g_percpu.num_slabs = num_slabs;
   g_count_hits = options().stats;
+  set_capacity(options().cpu_cache_size.value);
   // The slow paths test `slabs`, the fast paths `fast_num_slabs`: each is stored after
   // everything it guards.
   __atomic_store_n(&g_percpu.slabs, reinterpret_cast<uintptr_t>(slabs), __ATOMIC_RELEASE);
@@ -118,7 +136,7 @@ void ensure_slab(uint32_t index) {
   if (control.ready.load(std::memory_order_relaxed)) return;
   uint64_t* s = slab(index);
   for (unsigned cls = 1; cls < kNumClasses; ++cls)
-    arch::store_header(s, cls, arch::make_header(kLayout.begin[cls], kLayout.begin[cls], kLayout.end[cls]));
+    arch::store_header(s, cls, arch::make_header(kLayout.begin[cls], kLayout.begin[cls], g_end[cls]));
   control.ready.store(true, std::memory_order_release);
 }
 
@@ -221,6 +239,7 @@ void* take_one(unsigned cls) {
 }  // namespace
 
 void* cache_refill_pop(unsigned cls) {
+  g_page_heap.decay_tick();
   if (capacity_of(cls) == 0) return take_from_central(cls);
   if (FM_UNLIKELY(!is_set_up())) {
     setup();
@@ -262,6 +281,7 @@ void cache_overflow_push(unsigned cls, void* p) {
   overflow_to_lower_levels(cls, p);
   // Frees that reach the central lists may have emptied spans and retired their descriptors.
   sync::rcu_poll();
+  g_page_heap.decay_tick();
 }
 
 namespace {
@@ -289,7 +309,7 @@ void set_stopped(uint32_t index, bool stopped) {
   uint64_t* s = slab(index);
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
     if (stopped) arch::store_bounds(s, cls, arch::kStoppedBegin, arch::kStoppedEnd);
-    else arch::store_bounds(s, cls, kLayout.begin[cls], kLayout.end[cls]);
+    else arch::store_bounds(s, cls, kLayout.begin[cls], g_end[cls]);
   }
 }
 

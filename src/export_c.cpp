@@ -101,12 +101,14 @@ FM_EXPORT int __posix_memalign(void** out, size_t align, size_t size) noexcept {
 }
 
 // Everything the caches hold goes back to the spans, and every free page to the OS.
-FM_EXPORT int malloc_trim(size_t) noexcept {
+FM_EXPORT size_t fastmalloc_release_memory(void) noexcept {
   cache_drain_all();
   for (unsigned cls = 1; cls < kNumClasses; ++cls) transfer_cache(cls).drain();
   sync::rcu_barrier();  // retired span descriptors back to their pool
-  return g_page_heap.release_free_pages() > 0 ? 1 : 0;
+  return g_page_heap.release_free_pages();
 }
+
+FM_EXPORT int malloc_trim(size_t) noexcept { return fastmalloc_release_memory() > 0 ? 1 : 0; }
 
 FM_EXPORT struct mallinfo2 mallinfo2() noexcept {
   Totals t = gather_totals();

@@ -3,12 +3,26 @@
 // parser, the defaults and FASTMALLOC_HELP's text.
 #pragma once
 
+#include <cstdint>
+
 namespace fastmalloc {
+
+// The value types besides bool, distinct so each gets its own parser and help text.
+struct Bytes {  // a size: digits with an optional K, M or G suffix (powers of 1024)
+  uint64_t value;
+};
+struct Millis {  // a duration in milliseconds: digits with an optional ms or s suffix
+  uint64_t value;
+};
 
 // X(type, field, NAME, default, description)
 #define FASTMALLOC_OPTION_LIST(X) \
   X(bool, stats, "STATS", false, "print allocator statistics to stderr at exit; counts cache hits (slower)") \
   X(bool, rseq, "RSEQ", true, "use restartable sequences for the per-CPU caches (off: locked per-CPU caches)") \
+  X(Bytes, cpu_cache_size, "CPU_CACHE_SIZE", Bytes{8 << 20}, \
+    "most bytes of free blocks each CPU's cache holds (its layout has room for about 5.2M)") \
+  X(Millis, decay, "DECAY", Millis{1000}, \
+    "free pages unused this long go back to the OS (0: at once); beyond 32M plus a quarter of the heap in use, sooner") \
   X(bool, help, "HELP", false, "print every option with its default and meaning, at startup")
 
 struct Options {
@@ -22,8 +36,12 @@ struct Options {
 // one load.
 const Options& options();
 
-// Parses a boolean the way every option does: 1/0, true/false, yes/no, on/off, any case.
-// Returns false for anything else.
+// The parsers every option uses. Each returns false, leaving *out alone, for anything but:
+//   bool    1/0, true/false, yes/no, on/off, in any case
+//   Bytes   digits, then optionally K, M or G (any case; 1K = 1024), no overflow
+//   Millis  digits, then optionally ms or s
 bool parse_bool(const char* text, bool* out);
+bool parse_bytes(const char* text, Bytes* out);
+bool parse_millis(const char* text, Millis* out);
 
 }  // namespace fastmalloc

@@ -3,6 +3,7 @@
 
 #include <cerrno>
 
+#include "options.h"
 #include "os/os.h"
 #include "sync/rcu.h"
 
@@ -49,12 +50,15 @@ Span* PageHeap::grow(size_t pages) {
   system_bytes_ += bytes;
   span->start = start;
   span->bytes = bytes;
+  span->released = true;  // never touched: not resident
+  span->free_since_ms = os::now_ms();
   insert_free(span);
   return span;
 }
 
 Span* PageHeap::allocate(size_t pages, unsigned size_class) {
   LockGuard guard(lock_);
+  decay_locked(os::now_ms());
   Span* span = take_free(pages);
   if (span == nullptr) {
     span = grow(pages);
@@ -121,21 +125,66 @@ void PageHeap::deallocate(Span* span) {
   if (Span* right = map_.lookup(span->end());
       right != nullptr && right != span && right->state == SpanState::kFree && right->start == span->end())
     span = merge(span, right);
+  // Resident as a whole from now on, though a merged neighbour's pages may have been released:
+  // the heap's resident count errs high, and a later release of those pages costs little.
   span->released = false;
+  uint64_t now = os::now_ms();
+  span->free_since_ms = now;
   insert_free(span);
+  if (decay_ms() == 0) release_span_locked(span);
+  else if (free_bytes_ - released_bytes_ > retain_limit()) release_down_to_locked(retain_limit() / 2);
+  decay_locked(now);
+}
+
+bool PageHeap::release_span_locked(Span* span) {
+  if (span->released) return true;
+  if (!os::release(reinterpret_cast<void*>(span->start), span->bytes)) return false;
+  span->released = true;
+  released_bytes_ += span->bytes;
+  return true;
+}
+
+void PageHeap::release_down_to_locked(size_t target) {
+  // bins_[0] holds the longest spans, then the exact bins from long to short: fewest system
+  // calls per byte. A refused madvise ends the pass (it would be refused again).
+  for (size_t n = 0; n < kBins; ++n) {
+    SpanList& bin = bins_[n == 0 ? 0 : kBins - n];
+    for (Span* s = bin.first(); s != nullptr; s = s->next) {
+      if (free_bytes_ - released_bytes_ <= target) return;
+      if (!release_span_locked(s)) return;
+    }
+  }
+}
+
+uint64_t PageHeap::decay_ms() {
+  if (FM_UNLIKELY(decay_ms_ == kDecayUnset)) decay_ms_ = options().decay.value;
+  return decay_ms_;
+}
+
+void PageHeap::decay_locked(uint64_t now) {
+  uint64_t decay = decay_ms();
+  if (now < next_decay_scan_ms_.load(std::memory_order_relaxed)) return;
+  uint64_t period = decay / 4 > 10 ? decay / 4 : 10;
+  next_decay_scan_ms_.store(now + period, std::memory_order_relaxed);
+  if (free_bytes_ == released_bytes_) return;
+  for (SpanList& bin : bins_)
+    for (Span* s = bin.first(); s != nullptr; s = s->next)
+      if (!s->released && now - s->free_since_ms >= decay && !release_span_locked(s)) return;
+}
+
+void PageHeap::decay_tick() {
+  uint64_t now = os::now_ms();
+  if (now < next_decay_scan_ms_.load(std::memory_order_relaxed) || !lock_.try_lock()) return;
+  decay_locked(now);
+  lock_.unlock();
 }
 
 size_t PageHeap::release_free_pages() {
   LockGuard guard(lock_);
-  size_t released = 0;
-  for (SpanList& bin : bins_) {
-    for (Span* s = bin.first(); s != nullptr; s = s->next) {
-      if (s->released || !os::release(reinterpret_cast<void*>(s->start), s->bytes)) continue;
-      s->released = true;
-      released += s->bytes;
-    }
-  }
-  released_bytes_ += released;
+  size_t before = released_bytes_;
+  for (SpanList& bin : bins_)
+    for (Span* s = bin.first(); s != nullptr; s = s->next) release_span_locked(s);
+  size_t released = released_bytes_ - before;
   // Leaves emptied by large blocks that went away; the page heap's own leaves never empty.
   map_.release_unused_leaves();
   return released;

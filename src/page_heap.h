@@ -1,8 +1,16 @@
 // The page heap: runs of 8 KiB pages for small-object spans, cut from chunks mapped from the OS
 // and coalesced with their free neighbours when they come back. Also the direct mappings that
 // hold large blocks (above kMaxSmallSize), which go back to the OS as soon as they are freed.
+//
+// Free pages go back to the OS (madvise) on three occasions: when they have been free for the
+// decay time (FASTMALLOC_DECAY; checked by decay_tick() from the slow paths, at most four times
+// per decay period, and by the page heap's own calls); at once, longest spans first, when the
+// free pages still resident exceed kRetainBytes plus a quarter of the pages in use (so a
+// program that frees most of its heap gives it back while it frees, without waiting for a slow
+// path to come by); and on malloc_trim (release_free_pages).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -26,6 +34,9 @@ struct PageHeapStats {
 
 class PageHeap {
  public:
+  // Free pages kept resident beyond a quarter of the pages in use (see the top of this file).
+  static constexpr size_t kRetainBytes = size_t{32} << 20;
+
   // `map` is where this heap records its spans (the process's g_span_map; tests give their own).
   explicit constexpr PageHeap(SpanMap& map) : map_(map) {}
 
@@ -38,6 +49,11 @@ class PageHeap {
   void deallocate(Span* span);
   // Gives every free span's pages back to the OS; returns the bytes newly released.
   size_t release_free_pages();
+  // From the slow paths, with no lock held: releases spans free for longer than the decay
+  // time, if a scan is due and the heap's lock is free (never waits for it).
+  void decay_tick();
+  // The decay time in ms (the option's value; tests set their own).
+  void set_decay_ms(uint64_t ms) { decay_ms_ = ms; }
 
   // A large block: a mapping of at least `bytes`, aligned to `align` (a power of two), with its
   // descriptor recorded in the span map at the block's first page. nullptr when out of memory.
@@ -52,6 +68,14 @@ class PageHeap {
  private:
   static constexpr size_t kBins = 128;         // bins_[n]: free spans of n pages; bins_[0]: longer
   static constexpr size_t kGrowPages = 128;    // map at least 1 MiB at a time
+
+  // Unreleased free bytes above which deallocate() releases at once.
+  size_t retain_limit() const { return kRetainBytes + (system_bytes_ - free_bytes_) / 4; }
+  bool release_span_locked(Span* span);
+  // Releases the longest unreleased spans until at most `target` free bytes stay resident.
+  void release_down_to_locked(size_t target);
+  void decay_locked(uint64_t now);
+  uint64_t decay_ms();
 
   Span* take_free(size_t pages);
   Span* grow(size_t pages);
@@ -70,6 +94,9 @@ class PageHeap {
   size_t system_bytes_ = 0, free_bytes_ = 0, released_bytes_ = 0;
   size_t large_count_ = 0, large_bytes_ = 0;
   uint64_t allocations_ = 0, grows_ = 0;
+  static constexpr uint64_t kDecayUnset = ~uint64_t{0};
+  uint64_t decay_ms_ = kDecayUnset;  // from the options on first use (decay_ms())
+  std::atomic<uint64_t> next_decay_scan_ms_{0};
 };
 
 extern PageHeap g_page_heap;

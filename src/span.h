@@ -30,6 +30,7 @@ struct Span {
   SpanState state;
   bool on_list;             // linked into a SpanList
   bool released;            // kFree only: its pages were given back to the OS (madvise)
+  uint64_t free_since_ms;   // kFree only: when it was last freed or merged (os::now_ms)
   sync::RcuHead rcu;        // for retiring the descriptor (PageHeap::retire)
 
   size_t pages() const { return bytes >> kPageShift; }

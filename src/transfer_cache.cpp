@@ -32,7 +32,7 @@ void TransferCache::insert(void* const* objects, int n) {
   int kept;
   {
     LockGuard guard(lock_);
-    kept = kCapacity - count_ < n ? kCapacity - count_ : n;
+    kept = limit_ - count_ < n ? limit_ - count_ : n;
     memcpy(stock_ + count_, objects, sizeof(void*) * static_cast<size_t>(kept));
     count_ += kept;
     add(hits_, static_cast<uint64_t>(kept));

@@ -32,8 +32,19 @@ struct TransferStats {
 class TransferCache {
  public:
   static constexpr int kCapacity = 8 * kMaxBatch;
+  // A stock holds at most this many bytes (but at least four batches): each object held keeps
+  // its span's pages resident, so large classes get short stocks.
+  static constexpr size_t kStockBytes = 2 * 1024 * 1024;
 
-  explicit constexpr TransferCache(unsigned size_class) : size_class_(size_class) {}
+  static constexpr int limit_for(unsigned cls) {
+    size_t size = size_class_detail::size_of_class(cls);
+    if (size == 0) return kCapacity;
+    size_t n = kStockBytes / size, floor = 4 * static_cast<size_t>(batch_size(cls));
+    if (n < floor) n = floor;
+    return n > kCapacity ? kCapacity : static_cast<int>(n);
+  }
+
+  explicit constexpr TransferCache(unsigned size_class) : size_class_(size_class), limit_(limit_for(size_class)) {}
 
   // Up to n (at most kMaxBatch) objects into out[]; fewer only when out of memory.
   int remove(void** out, int n);
@@ -48,6 +59,7 @@ class TransferCache {
  private:
   Mutex lock_;
   const unsigned size_class_;
+  const int limit_;  // at most kCapacity
   int count_ = 0;
   void* stock_[kCapacity] = {};
   std::atomic<uint64_t> hits_{0}, misses_{0}, stocked_{0};

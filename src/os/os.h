@@ -34,6 +34,10 @@ void futex_wake(uint32_t* word, int count);
 void yield_cpu();
 void sleep_us(unsigned microseconds);
 
+// Milliseconds on a monotonic clock of tick resolution (CLOCK_MONOTONIC_COARSE: a vDSO read,
+// no system call), for decisions that need time only roughly.
+uint64_t now_ms();
+
 // Blocks every signal on the calling thread for its lifetime (pthread_sigmask), restoring the
 // mask after: for short sections that a handler running on the same thread must not interrupt.
 class SignalBlock {

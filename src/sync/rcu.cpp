@@ -2,6 +2,7 @@
 #include "sync/rcu.h"
 
 #include "os/message.h"
+#include "os/os.h"
 #include "sync/mutex.h"
 
 namespace fastmalloc::sync {
@@ -37,6 +38,12 @@ struct Queue {
 Queue g_queued;            // under g_cb_lock: not yet covered by a grace period
 Queue g_waiting;           // under g_gp_lock: covered by the grace period ending at g_waiting_target
 uint64_t g_waiting_target = 0;
+uint64_t g_last_start_ms = 0;  // under g_gp_lock: when rcu_poll last started a grace period
+
+// rcu_poll starts a grace period (a membarrier: an interrupt on every CPU running one of our
+// threads) at most once per kPollIntervalMs, unless kPollBacklog callbacks wait: a workload that
+// retires descriptors all the time then pays a few membarriers per second, not one per miss.
+constexpr uint64_t kPollIntervalMs = 10, kPollBacklog = 1024;
 std::atomic<uint64_t> g_pending{0};    // queued or waiting, not yet taken to run
 std::atomic<uint64_t> g_in_flight{0};  // taken to run, not yet run
 
@@ -129,8 +136,14 @@ unsigned rcu_poll() {
     mark_taken(count(ready));
   }
   if (g_waiting.head == nullptr) {
-    g_waiting = take_queued();
-    if (g_waiting.head != nullptr) g_waiting_target = start_grace_period_locked();
+    uint64_t now = os::now_ms();
+    if (now - g_last_start_ms >= kPollIntervalMs || g_pending.load(std::memory_order_relaxed) >= kPollBacklog) {
+      g_waiting = take_queued();
+      if (g_waiting.head != nullptr) {
+        g_waiting_target = start_grace_period_locked();
+        g_last_start_ms = now;
+      }
+    }
   }
   g_gp_lock.unlock();
   return run(ready);

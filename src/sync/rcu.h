@@ -15,8 +15,9 @@
 //
 // Callbacks (call_rcu) are queued on an intrusive head and run by rcu_poll(), which the
 // allocator calls from its slow paths with no lock held: it never blocks, and starts a grace
-// period for the queued callbacks only when the previous one is over. rcu_barrier() runs every
-// callback queued before it. Callbacks must not call into RCU's writer side.
+// period for the queued callbacks only when the previous one is over, and at most every 10 ms
+// unless a thousand callbacks wait. rcu_barrier() runs every callback queued before it.
+// Callbacks must not call into RCU's writer side.
 #pragma once
 
 #include <atomic>

@@ -16,6 +16,7 @@ aligned_alloc
 calloc
 cfree
 fastmalloc_get_property
+fastmalloc_release_memory
 fastmalloc_stats_print
 free
 mallinfo

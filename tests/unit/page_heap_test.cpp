@@ -1,7 +1,9 @@
 // The page heap: exact sizes, splitting, coalescing with both neighbours, large mappings.
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "page_heap.h"
 
@@ -160,4 +162,47 @@ TEST_CASE("small spans carry their class and page index in the span map, until f
   for (uintptr_t i = 0; i < 3; ++i) REQUIRE(SpanMap::entry_class(map.lookup_entry(a_start + i * kPageSize)) == 0);
   REQUIRE(SpanMap::entry_class(map.lookup_entry(b->start)) == 40);
   heap.deallocate(b);
+}
+
+TEST_CASE("free pages go back to the OS once they have been free for the decay time") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  heap.set_decay_ms(100);
+  Span* s = take(heap, 8);
+  memset(reinterpret_cast<void*>(s->start), 0x5a, s->bytes);
+  heap.deallocate(s);
+  size_t resident = heap.stats().free_bytes - heap.stats().released_bytes;
+  REQUIRE(resident >= 8 * kPageSize);  // kept for reuse at first
+  heap.decay_tick();
+  REQUIRE(heap.stats().free_bytes - heap.stats().released_bytes == resident);
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  heap.decay_tick();
+  REQUIRE(heap.stats().released_bytes == heap.stats().free_bytes);
+}
+
+TEST_CASE("with a decay time of 0, freed pages go back at once") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  heap.set_decay_ms(0);
+  Span* s = take(heap, 8);
+  memset(reinterpret_cast<void*>(s->start), 0x5a, s->bytes);
+  heap.deallocate(s);
+  REQUIRE(heap.stats().released_bytes == heap.stats().free_bytes);
+}
+
+TEST_CASE("far more free pages than in use go back without waiting for the decay time") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  heap.set_decay_ms(3'600'000);
+  constexpr size_t kSpans = 80, kPages = 64;  // 40 MiB, above what the heap keeps when all is free
+  Span* spans[kSpans];
+  for (Span*& s : spans) {
+    s = take(heap, kPages);
+    memset(reinterpret_cast<void*>(s->start), 1, s->bytes);
+  }
+  for (Span* s : spans) heap.deallocate(s);
+  PageHeapStats st = heap.stats();
+  INFO("free " << st.free_bytes << " released " << st.released_bytes);
+  REQUIRE(st.free_bytes - st.released_bytes <= PageHeap::kRetainBytes);
+  REQUIRE(st.released_bytes > 0);
 }
