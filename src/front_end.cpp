@@ -15,7 +15,9 @@
 //                               field of the spans the class owns, their free objects
 //   page heap                   PageHeap::lock(): free span bins, span fields of free spans,
 //                               span state (written only under it), splitting and coalescing,
-//                               statistics of large blocks
+//                               statistics of large blocks, decay (free_since_ms, madvise);
+//                               decay_tick() reads its next-scan time (a relaxed atomic hint)
+//                               without it and then only try_locks
 //   span map leaves             prwlock (SpanMap::structure_lock()): free() and span_of() look
 //                               up under its read side; releasing an empty leaf is its writer
 //                               (SpanMap::lock() held, signals blocked). Leaves are added
