@@ -68,6 +68,10 @@ void set_capacity(uint64_t budget_bytes) {
 struct alignas(64) SlabControl {
   Mutex lock;
   std::atomic<bool> ready;
+  // Under lock: the slab's headers at the last idle scan (slab_signature), and whether the
+  // scan in progress has stopped it to drain it.
+  uint64_t signature;
+  bool ready_to_drain;
 };
 
 constexpr uint32_t kNoSlab = ~0u;
@@ -236,10 +240,107 @@ void* take_one(unsigned cls) {
   return transfer_cache(cls).remove(&p, 1) == 1 ? p : nullptr;
 }
 
+// Moves the objects of slab `index` to the transfer caches. The caller owns the slab: it holds
+// its lock and, in rseq mode, has stopped it and fenced every critical section that could
+// still commit on it.
+void drain_owned_slab(uint32_t index) {
+  uint64_t* s = slab(index);
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    uint16_t begin = kLayout.begin[cls];
+    uint16_t current = arch::header_current(arch::load_header(s, cls));
+    for (uint16_t top = current; top > begin;) {
+      uint16_t bottom = top - begin > kMaxBatch ? static_cast<uint16_t>(top - kMaxBatch) : begin;
+      transfer_cache(cls).insert(reinterpret_cast<void* const*>(&s[bottom]), top - bottom);
+      top = bottom;
+    }
+    arch::store_current(s, cls, begin);
+  }
+}
+
+// Stop: begin = 0xffff and end = 0 (the upper half of each header, one 32-bit store), so every
+// pop and push on the slab misses; current is left to any commit still in flight.
+void set_stopped(uint32_t index, bool stopped) {
+  uint64_t* s = slab(index);
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    if (stopped) arch::store_bounds(s, cls, arch::kStoppedBegin, arch::kStoppedEnd);
+    else arch::store_bounds(s, cls, kLayout.begin[cls], g_end[cls]);
+  }
+}
+
+// What changes whenever a pop or push commits on the slab (barring pops and pushes that cancel
+// out exactly between two scans, which only delays a drain).
+uint64_t slab_signature(uint32_t index) {
+  const uint64_t* s = slab(index);
+  uint64_t signature = 0;
+  for (unsigned cls = 1; cls < kNumClasses; ++cls)
+    signature = signature * 31 + arch::header_current(arch::load_header(s, cls));
+  return signature;
+}
+
+bool slab_holds_objects(uint32_t index) {
+  const uint64_t* s = slab(index);
+  for (unsigned cls = 1; cls < kNumClasses; ++cls)
+    if (arch::header_current(arch::load_header(s, cls)) != kLayout.begin[cls]) return true;
+  return false;
+}
+
+// Drains the slabs untouched since the last scan (CPUs, or mm_cids, that have gone idle), so
+// their objects can go back to the spans and the OS. A slab whose lock is busy is skipped.
+void drain_idle_slabs() {
+  uint32_t num_slabs = static_cast<uint32_t>(g_percpu.num_slabs);
+  bool locked_mode = g_mode == CacheMode::kLocked;
+  if (!locked_mode && !g_membarrier) return;  // no safe way to empty another CPU's slab
+  bool any = false, fenced = true;
+  for (uint32_t i = 0; i < num_slabs; ++i) {
+    SlabControl& control = g_control[i];
+    if (!control.ready.load(std::memory_order_acquire) || !control.lock.try_lock()) continue;
+    uint64_t signature = slab_signature(i);
+    bool idle = signature == control.signature && slab_holds_objects(i);
+    control.signature = signature;
+    if (!idle) {
+      control.lock.unlock();
+      continue;
+    }
+    any = true;
+    control.ready_to_drain = true;
+    if (!locked_mode) {
+      set_stopped(i, true);
+      if (g_mode == CacheMode::kRseqCpuId) fenced &= os::membarrier_rseq_fence(static_cast<int>(i));
+    }
+  }
+  if (!any) return;
+  if (g_mode == CacheMode::kRseqMmCid) fenced = os::membarrier_rseq_fence(-1);
+  for (uint32_t i = 0; i < num_slabs; ++i) {
+    SlabControl& control = g_control[i];
+    if (!control.ready_to_drain) continue;
+    control.ready_to_drain = false;
+    if (fenced) drain_owned_slab(i);
+    if (!locked_mode) set_stopped(i, false);
+    control.signature = slab_signature(i);
+    control.lock.unlock();
+  }
+}
+
+// Work that needs time to pass, run from the slow paths (a miss every few dozen calls at most)
+// with no lock held: the page heap's decay, and once per decay period (at least 100 ms) the
+// idle slabs and the transfer caches' idle stock. One coarse clock read (vDSO) per call.
+std::atomic<uint64_t> g_next_idle_scan_ms{0};
+
+void periodic_work() {
+  uint64_t now = os::now_ms();
+  g_page_heap.decay_tick(now);
+  uint64_t due = g_next_idle_scan_ms.load(std::memory_order_relaxed);
+  if (now < due) return;
+  uint64_t period = g_page_heap.decay_ms() > 100 ? g_page_heap.decay_ms() : 100;
+  if (!g_next_idle_scan_ms.compare_exchange_strong(due, now + period, std::memory_order_relaxed)) return;
+  if (is_set_up()) drain_idle_slabs();
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) transfer_cache(cls).release_idle();
+}
+
 }  // namespace
 
 void* cache_refill_pop(unsigned cls) {
-  g_page_heap.decay_tick();
+  periodic_work();
   if (capacity_of(cls) == 0) return take_from_central(cls);
   if (FM_UNLIKELY(!is_set_up())) {
     setup();
@@ -281,39 +382,9 @@ void cache_overflow_push(unsigned cls, void* p) {
   overflow_to_lower_levels(cls, p);
   // Frees that reach the central lists may have emptied spans and retired their descriptors.
   sync::rcu_poll();
-  g_page_heap.decay_tick();
+  periodic_work();
 }
 
-namespace {
-
-// Moves the objects of slab `index` to the transfer caches. The caller owns the slab: it holds
-// its lock and, in rseq mode, has stopped it and fenced every critical section that could
-// still commit on it.
-void drain_owned_slab(uint32_t index) {
-  uint64_t* s = slab(index);
-  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    uint16_t begin = kLayout.begin[cls];
-    uint16_t current = arch::header_current(arch::load_header(s, cls));
-    for (uint16_t top = current; top > begin;) {
-      uint16_t bottom = top - begin > kMaxBatch ? static_cast<uint16_t>(top - kMaxBatch) : begin;
-      transfer_cache(cls).insert(reinterpret_cast<void* const*>(&s[bottom]), top - bottom);
-      top = bottom;
-    }
-    arch::store_current(s, cls, begin);
-  }
-}
-
-// Stop: begin = 0xffff and end = 0 (the upper half of each header, one 32-bit store), so every
-// pop and push on the slab misses; current is left to any commit still in flight.
-void set_stopped(uint32_t index, bool stopped) {
-  uint64_t* s = slab(index);
-  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    if (stopped) arch::store_bounds(s, cls, arch::kStoppedBegin, arch::kStoppedEnd);
-    else arch::store_bounds(s, cls, kLayout.begin[cls], g_end[cls]);
-  }
-}
-
-}  // namespace
 
 void cache_drain_all() {
   if (!is_set_up()) return;

@@ -5,7 +5,9 @@
 // slabs are used under a per-slab lock, indexed by sched_getcpu() ("locked" mode).
 //
 // Capacity is fixed per class: up to 128 KiB of objects of one class per CPU (at most 2048
-// objects), for classes up to 64 KiB; larger classes bypass the per-CPU level.
+// objects), for classes up to 64 KiB, cut in proportion by FASTMALLOC_CPU_CACHE_SIZE; larger
+// classes bypass the per-CPU level. The slow paths also drain slabs that have gone idle (see
+// periodic_work in cpu_cache.cpp).
 #pragma once
 
 #include <cstdint>

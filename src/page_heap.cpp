@@ -157,8 +157,12 @@ void PageHeap::release_down_to_locked(size_t target) {
 }
 
 uint64_t PageHeap::decay_ms() {
-  if (FM_UNLIKELY(decay_ms_ == kDecayUnset)) decay_ms_ = options().decay.value;
-  return decay_ms_;
+  uint64_t ms = decay_ms_.load(std::memory_order_relaxed);
+  if (FM_UNLIKELY(ms == kDecayUnset)) {
+    ms = options().decay.value;  // every thread that gets here stores the same value
+    decay_ms_.store(ms, std::memory_order_relaxed);
+  }
+  return ms;
 }
 
 void PageHeap::decay_locked(uint64_t now) {
@@ -172,8 +176,7 @@ void PageHeap::decay_locked(uint64_t now) {
       if (!s->released && now - s->free_since_ms >= decay && !release_span_locked(s)) return;
 }
 
-void PageHeap::decay_tick() {
-  uint64_t now = os::now_ms();
+void PageHeap::decay_tick(uint64_t now) {
   if (now < next_decay_scan_ms_.load(std::memory_order_relaxed) || !lock_.try_lock()) return;
   decay_locked(now);
   lock_.unlock();

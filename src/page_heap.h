@@ -49,11 +49,12 @@ class PageHeap {
   void deallocate(Span* span);
   // Gives every free span's pages back to the OS; returns the bytes newly released.
   size_t release_free_pages();
-  // From the slow paths, with no lock held: releases spans free for longer than the decay
-  // time, if a scan is due and the heap's lock is free (never waits for it).
-  void decay_tick();
-  // The decay time in ms (the option's value; tests set their own).
-  void set_decay_ms(uint64_t ms) { decay_ms_ = ms; }
+  // From the slow paths, with no lock held, `now` from os::now_ms(): releases spans free for
+  // longer than the decay time, if a scan is due and the heap's lock is free (never waits).
+  void decay_tick(uint64_t now);
+  // The decay time in ms: the option's value, or what a test set.
+  uint64_t decay_ms();
+  void set_decay_ms(uint64_t ms) { decay_ms_.store(ms, std::memory_order_relaxed); }
 
   // A large block: a mapping of at least `bytes`, aligned to `align` (a power of two), with its
   // descriptor recorded in the span map at the block's first page. nullptr when out of memory.
@@ -75,7 +76,6 @@ class PageHeap {
   // Releases the longest unreleased spans until at most `target` free bytes stay resident.
   void release_down_to_locked(size_t target);
   void decay_locked(uint64_t now);
-  uint64_t decay_ms();
 
   Span* take_free(size_t pages);
   Span* grow(size_t pages);
@@ -95,7 +95,7 @@ class PageHeap {
   size_t large_count_ = 0, large_bytes_ = 0;
   uint64_t allocations_ = 0, grows_ = 0;
   static constexpr uint64_t kDecayUnset = ~uint64_t{0};
-  uint64_t decay_ms_ = kDecayUnset;  // from the options on first use (decay_ms())
+  std::atomic<uint64_t> decay_ms_{kDecayUnset};  // from the options on first use (decay_ms())
   std::atomic<uint64_t> next_decay_scan_ms_{0};
 };
 

@@ -19,6 +19,7 @@ int TransferCache::remove(void** out, int n) {
     LockGuard guard(lock_);
     got = n < count_ ? n : count_;
     count_ -= got;
+    if (count_ < low_water_) low_water_ = count_;
     memcpy(out, stock_ + count_, sizeof(void*) * static_cast<size_t>(got));
     add(hits_, static_cast<uint64_t>(got));
     add(misses_, static_cast<uint64_t>(n - got));
@@ -50,12 +51,30 @@ void TransferCache::drain() {
       LockGuard guard(lock_);
       n = count_ < kMaxBatch ? count_ : kMaxBatch;
       count_ -= n;
+      if (count_ < low_water_) low_water_ = count_;
       memcpy(batch, stock_ + count_, sizeof(void*) * static_cast<size_t>(n));
       stocked_.store(static_cast<uint64_t>(count_), std::memory_order_relaxed);
     }
     if (n == 0) return;
     central_list(size_class_).deallocate_batch(batch, n);
   }
+}
+
+void TransferCache::release_idle() {
+  void* idle[kCapacity];
+  int n;
+  {
+    LockGuard guard(lock_);
+    n = low_water_;
+    // The bottom of the stack holds the objects that have been here longest.
+    memcpy(idle, stock_, sizeof(void*) * static_cast<size_t>(n));
+    memmove(stock_, stock_ + n, sizeof(void*) * static_cast<size_t>(count_ - n));
+    count_ -= n;
+    low_water_ = count_;
+    stocked_.store(static_cast<uint64_t>(count_), std::memory_order_relaxed);
+  }
+  for (int done = 0; done < n; done += kMaxBatch)
+    central_list(size_class_).deallocate_batch(idle + done, n - done < kMaxBatch ? n - done : kMaxBatch);
 }
 
 TransferStats TransferCache::stats() const {

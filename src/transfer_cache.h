@@ -52,6 +52,9 @@ class TransferCache {
   void insert(void* const* objects, int n);
   // Sends the whole stock to the central list (malloc_trim).
   void drain();
+  // Sends to the central list the objects that sat in the stock since the last call (the
+  // stock's low-water mark, oldest first): what nobody needed for a whole period.
+  void release_idle();
 
   TransferStats stats() const;
   Mutex& lock() { return lock_; }
@@ -61,6 +64,7 @@ class TransferCache {
   const unsigned size_class_;
   const int limit_;  // at most kCapacity
   int count_ = 0;
+  int low_water_ = 0;  // the smallest count_ since the last release_idle()
   void* stock_[kCapacity] = {};
   std::atomic<uint64_t> hits_{0}, misses_{0}, stocked_{0};
 };

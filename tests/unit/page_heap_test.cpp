@@ -5,6 +5,7 @@
 #include <cstring>
 #include <thread>
 
+#include "os/os.h"
 #include "page_heap.h"
 
 using namespace fastmalloc;
@@ -173,10 +174,10 @@ TEST_CASE("free pages go back to the OS once they have been free for the decay t
   heap.deallocate(s);
   size_t resident = heap.stats().free_bytes - heap.stats().released_bytes;
   REQUIRE(resident >= 8 * kPageSize);  // kept for reuse at first
-  heap.decay_tick();
+  heap.decay_tick(os::now_ms());
   REQUIRE(heap.stats().free_bytes - heap.stats().released_bytes == resident);
   std::this_thread::sleep_for(std::chrono::milliseconds(150));
-  heap.decay_tick();
+  heap.decay_tick(os::now_ms());
   REQUIRE(heap.stats().released_bytes == heap.stats().free_bytes);
 }
 
