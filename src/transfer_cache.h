@@ -44,7 +44,9 @@ class TransferCache {
     return n > kCapacity ? kCapacity : static_cast<int>(n);
   }
 
-  explicit constexpr TransferCache(unsigned size_class) : size_class_(size_class), limit_(limit_for(size_class)) {}
+  // All zero, so the process's caches (g_transfer) sit in .bss: touched pages only, never
+  // read in from the library's file. A cache finds its class from its place in g_transfer.
+  constexpr TransferCache() = default;
 
   // Up to n (at most kMaxBatch) objects into out[]; fewer only when out of memory.
   int remove(void** out, int n);
@@ -60,12 +62,14 @@ class TransferCache {
   Mutex& lock() { return lock_; }
 
  private:
+  unsigned size_class() const;
+  // The stock's slots live apart from the caches, so that the caches' locks and counts, which
+  // every scan touches, share a few pages.
+  void** stock() const;
+
   Mutex lock_;
-  const unsigned size_class_;
-  const int limit_;  // at most kCapacity
   int count_ = 0;
   int low_water_ = 0;  // the smallest count_ since the last release_idle()
-  void* stock_[kCapacity] = {};
   std::atomic<uint64_t> hits_{0}, misses_{0}, stocked_{0};
 };
 

@@ -44,16 +44,13 @@ class Prwlock {
   FM_ALWAYS_INLINE ReadSection read_lock() {
     std::atomic<uint64_t>& status = current_record()->prw[slot_];
     uint64_t word = status.load(std::memory_order_relaxed);
-    if (FM_UNLIKELY((word & kNestMask) != 0)) {
-      status.store(word + 1, std::memory_order_relaxed);  // nested: already in
-      return &status;
-    }
+    // Nested, or this thread must fence (kPrwFenceFlag): both off the fast path.
+    if (FM_UNLIKELY((word & kNestMask) != 0)) return read_lock_nested_or_fenced(status);
     // Acquire: pairs with write_unlock, so the last writer's changes are seen.
     uint64_t version = version_.load(std::memory_order_acquire);
     status.store(version << kPrwNestBits | 1, std::memory_order_relaxed);
-    std::atomic_signal_fence(std::memory_order_seq_cst);  // readers that must fence take the slow path
-    if (FM_UNLIKELY((version & kSlowBits) != 0 || version_.load(std::memory_order_relaxed) != version))
-      read_lock_slow(status);
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // writers fence for us (membarrier)
+    if (FM_UNLIKELY((version & 1) != 0 || version_.load(std::memory_order_relaxed) != version)) read_lock_slow(status);
     return &status;
   }
 
@@ -65,23 +62,21 @@ class Prwlock {
   void write_lock();
   void write_unlock();
 
-  // For tests: whether readers are sent to the slow path to fence (see kFenceBit).
-  bool readers_sent_to_fence() const { return (version_.load(std::memory_order_relaxed) & kFenceBit) != 0; }
+  // For tests: whether the calling thread's read sides fence (see kPrwFenceFlag).
+  bool caller_fences() const { return (current_record()->prw[slot_].load(std::memory_order_relaxed) & kPrwFenceFlag) != 0; }
 
   // Fork: prepare takes the writer mutex; the child finds it free.
   Mutex& writer_mutex() { return writer_; }
 
  private:
-  // The version word: bit 0 is set while a writer is inside; bit 1 sends readers to the slow
-  // path, which fences where readers must (g_readers_fence) and otherwise clears the bit for
-  // good. It starts set because whether readers fence is decided at run time, and testing the
-  // version's low bits keeps that decision off the fast path. Writers count in steps of 4.
-  static constexpr uint64_t kWriterBit = 1, kFenceBit = 2, kSlowBits = kWriterBit | kFenceBit;
-  static constexpr uint64_t kVersionStep = 4;
-
+  // Publishes the current version (with the thread's fence flag), fencing if the flag says so,
+  // and waits out any writer.
   FM_NOINLINE void read_lock_slow(std::atomic<uint64_t>& status);
+  FM_NOINLINE ReadSection read_lock_nested_or_fenced(std::atomic<uint64_t>& status);
 
-  std::atomic<uint64_t> version_{kFenceBit};
+  // Zero at start, like everything else in the lock, so a lock inside a large object (the span
+  // map) leaves that object in .bss.
+  std::atomic<uint64_t> version_{0};
   Mutex writer_;
   const unsigned slot_;
 };

@@ -43,7 +43,7 @@ pthread_key_t g_key;
 // owner, keeping each prwlock's version (a writer may compare it).
 void clear(ThreadRecord& r) {
   r.rcu.store(0, std::memory_order_release);
-  for (auto& word : r.prw) word.store(word.load(std::memory_order_relaxed) & ~kNestMask, std::memory_order_release);
+  for (auto& word : r.prw) word.store(word.load(std::memory_order_relaxed) & ~kPrwDepthMask, std::memory_order_release);
 }
 
 void release_locked(ThreadRecord* r) {
@@ -120,6 +120,8 @@ ThreadRecord* register_current_thread() {
   }
   // No memory for even 64 bytes of bookkeeping: there is no safe way to read on.
   if (r == nullptr) os::fatal_misuse("thread start", nullptr, "out of memory for the thread registry");
+  if (g_readers_fence)
+    for (auto& word : r->prw) word.store(word.load(std::memory_order_relaxed) | kPrwFenceFlag, std::memory_order_relaxed);
   t_record = r;
   if (g_have_key) pthread_setspecific(g_key, r);
   return r;

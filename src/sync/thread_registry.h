@@ -29,7 +29,8 @@ inline constexpr unsigned kMaxPrwlocks = 6;
 struct alignas(64) ThreadRecord {
   // RCU: (epoch at the outermost rcu_read_lock << kRcuNestBits) | nesting depth; 0 outside.
   std::atomic<uint64_t> rcu;
-  // Per prwlock slot: (lock version seen << kPrwNestBits) | nesting depth.
+  // Per prwlock slot: (lock version seen << kPrwNestBits) | kPrwFenceFlag if this thread's
+  // read sides must fence | nesting depth (below kPrwFenceFlag).
   std::atomic<uint64_t> prw[kMaxPrwlocks];
   ThreadRecord* next_free;  // registry's free list (guarded by its mutex)
 };
@@ -37,6 +38,9 @@ static_assert(sizeof(ThreadRecord) == 64);
 
 inline constexpr unsigned kRcuNestBits = 16, kPrwNestBits = 16;
 inline constexpr uint64_t kNestMask = 0xffff;
+// In a prwlock status word: set in every record when readers must fence (g_readers_fence), so
+// the read side's first test sends them to the slow path without reading a global.
+inline constexpr uint64_t kPrwFenceFlag = 0x8000, kPrwDepthMask = kPrwFenceFlag - 1;
 
 namespace detail {
 // constinit: with no dynamic initializer, the compiler reads the slot directly instead of

@@ -63,3 +63,8 @@ if [ "$expected" != "$actual" ]; then
   exit 1
 fi
 echo "exports: $(echo "$actual" | wc -l) symbols, exactly the API"
+
+# The library needs only libc: C programs that preload it do not load libstdc++ and libm.
+needed=$(readelf -d "$lib" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')
+[ "$needed" = "libc.so.6 " ] || { echo "FAIL: the library needs more than libc: $needed"; exit 1; }
+echo "exports: needs only libc"

@@ -62,7 +62,7 @@ TEST_CASE("readers skip the fence exactly when writers fence for them", "[sync]"
   g_lock.write_unlock();
   section = g_lock.read_lock();
   g_lock.read_unlock(section);
-  REQUIRE(g_lock.readers_sent_to_fence() == g_readers_fence);
+  REQUIRE(g_lock.caller_fences() == g_readers_fence);
 }
 
 TEST_CASE("readers do not exclude each other", "[sync]") {
