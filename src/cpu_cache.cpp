@@ -50,28 +50,47 @@ constexpr Layout make_layout() {
 constexpr Layout kLayout = make_layout();
 static_assert(kLayout.end[kNumClasses - 1] <= arch::kFreeHitsWord, "slots must fit in a slab, below its counter");
 
-// The end each header gets: kLayout's, or lower so that a CPU's cache holds at most
-// FASTMALLOC_CPU_CACHE_SIZE bytes (every class cut in the same proportion). Set at setup.
-uint16_t g_end[kNumClasses];
+// Capacities move: a class starts with room for one transfer batch (less if the budget cannot
+// hold that for every class), grows by a batch on each miss while the CPU's total stays within
+// FASTMALLOC_CPU_CACHE_SIZE (g_budget_bytes), up to kLayout's room, and is halved by the
+// periodic scan when it went a whole period without a miss (scan_slabs).
+uint16_t g_initial_end[kNumClasses];
+uint64_t g_budget_bytes;
+
+uint64_t class_bytes(unsigned cls, uint64_t objects) { return objects * size_class_detail::size_of_class(cls); }
 
 void set_capacity(uint64_t budget_bytes) {
-  uint64_t layout_bytes = 0;
-  for (unsigned cls = 1; cls < kNumClasses; ++cls)
-    layout_bytes += uint64_t{capacity_of(cls)} * size_class_detail::size_of_class(cls);
+  g_budget_bytes = budget_bytes;
+  uint64_t initial_bytes = 0;
+  uint16_t initial[kNumClasses] = {};
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    uint64_t slots = capacity_of(cls);
-    if (budget_bytes < layout_bytes) slots = slots * budget_bytes / layout_bytes;
-    g_end[cls] = static_cast<uint16_t>(kLayout.begin[cls] + slots);
+    int batch = batch_size(cls);
+    initial[cls] = capacity_of(cls) < batch ? capacity_of(cls) : static_cast<uint16_t>(batch);
+    initial_bytes += class_bytes(cls, initial[cls]);
+  }
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    uint64_t slots = initial[cls];
+    if (budget_bytes < initial_bytes) slots = slots * budget_bytes / initial_bytes;
+    g_initial_end[cls] = static_cast<uint16_t>(kLayout.begin[cls] + slots);
   }
 }
+
+enum class ScanAction : uint8_t { kNone, kDrain, kShrink };
 
 struct alignas(64) SlabControl {
   Mutex lock;
   std::atomic<bool> ready;
-  // Under lock: the slab's headers at the last idle scan (slab_signature), and whether the
-  // scan in progress has stopped it to drain it.
+  // Under lock: the slab's headers at the last idle scan (slab_signature), what the scan in
+  // progress stopped it for, each class's end (what set_stopped restores)
+  // and the bytes those capacities add up to.
   uint64_t signature;
-  bool ready_to_drain;
+  ScanAction scan_action;
+  uint16_t end[kNumClasses];
+  uint16_t shrink_to[kNumClasses];  // during a scan: the new end, or 0
+  uint64_t capacity_bytes;
+  // Misses since the last scan, per class, of pops (alloc) and pushes (free): written by the
+  // slow paths without the lock (a lost count only delays a change).
+  std::atomic<uint32_t> alloc_misses[kNumClasses], free_misses[kNumClasses];
 };
 
 constexpr uint32_t kNoSlab = ~0u;
@@ -139,8 +158,12 @@ void ensure_slab(uint32_t index) {
   LockGuard guard(control.lock);
   if (control.ready.load(std::memory_order_relaxed)) return;
   uint64_t* s = slab(index);
-  for (unsigned cls = 1; cls < kNumClasses; ++cls)
-    arch::store_header(s, cls, arch::make_header(kLayout.begin[cls], kLayout.begin[cls], g_end[cls]));
+  control.capacity_bytes = 0;
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    control.end[cls] = g_initial_end[cls];
+    control.capacity_bytes += class_bytes(cls, g_initial_end[cls] - kLayout.begin[cls]);
+    arch::store_header(s, cls, arch::make_header(kLayout.begin[cls], kLayout.begin[cls], g_initial_end[cls]));
+  }
   control.ready.store(true, std::memory_order_release);
 }
 
@@ -166,9 +189,37 @@ void* take_from_central(unsigned cls) {
   return central_list(cls).allocate_batch(&p, 1) == 1 ? p : nullptr;
 }
 
+// A miss on slab `index` (a pop if `alloc`, else a push): counts it, and grows the class by a
+// batch if it has missed both ways since the last scan (its objects come and go, and the room
+// was too small to absorb that; a class that only ever fills or only ever empties, like either
+// end of a producer/consumer pair, would gain nothing) and the CPU's budget allows. Growing only
+// raises `end`, so a section that read the old header commits within the old bounds; the
+// slab's lock keeps a drain or scan from being undone. `locked`: the caller holds it.
+void record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
+  SlabControl& control = g_control[index];
+  std::atomic<uint32_t>& mine = alloc ? control.alloc_misses[cls] : control.free_misses[cls];
+  std::atomic<uint32_t>& other = alloc ? control.free_misses[cls] : control.alloc_misses[cls];
+  mine.store(mine.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  if (other.load(std::memory_order_relaxed) == 0) return;
+  if (control.end[cls] >= kLayout.end[cls]) return;  // racy read: the decision is made below
+  if (!locked && !control.lock.try_lock()) return;
+  uint16_t end = control.end[cls];
+  uint16_t grown = static_cast<uint16_t>(end + batch_size(cls));
+  if (grown > kLayout.end[cls]) grown = kLayout.end[cls];
+  uint64_t bytes = class_bytes(cls, grown - end);
+  if (grown > end && control.capacity_bytes + bytes <= g_budget_bytes) {
+    control.end[cls] = grown;
+    control.capacity_bytes += bytes;
+    arch::store_bounds(slab(index), cls, kLayout.begin[cls], grown);
+  }
+  if (!locked) control.lock.unlock();
+}
+
 // A slab, reached either through rseq (the fast-path sections on the current CPU's slab) or
 // owned under its lock (locked mode): the miss handling below is the same for both.
 struct RseqSlab {
+  uint32_t index;
+  void note_miss(unsigned cls, bool alloc) const { record_miss(index, cls, alloc, false); }
   bool pop(unsigned cls, void** out) const {
     const PerCpuConfig& c = g_percpu;
     return g_count_hits ? arch::percpu_pop<true>(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, out)
@@ -192,6 +243,8 @@ struct RseqSlab {
 };
 struct OwnedSlab {
   uint64_t* slab;
+  uint32_t index;  // its lock is held
+  void note_miss(unsigned cls, bool alloc) const { record_miss(index, cls, alloc, true); }
   bool pop(unsigned cls, void** out) const { return arch::slab_pop_owned(slab, cls, out, g_count_hits); }
   bool push(unsigned cls, void* p) const { return arch::slab_push_owned(slab, cls, p, g_count_hits); }
   int pop_batch(unsigned cls, void** out, int n) const { return arch::slab_pop_batch_owned(slab, cls, out, n); }
@@ -208,6 +261,7 @@ void* refill_pop(const Slab& slab, unsigned cls) {
   void* p;
   if (slab.pop(cls, &p)) return p;
   count(g_alloc_misses, 1);
+  slab.note_miss(cls, true);
   void* batch[kMaxBatch];
   int got = transfer_cache(cls).remove(batch, batch_size(cls));
   if (got == 0) return nullptr;
@@ -222,6 +276,8 @@ template <class Slab>
 void overflow_push(const Slab& slab, unsigned cls, void* p) {
   if (slab.push(cls, p)) return;
   count(g_free_misses, 1);
+  slab.note_miss(cls, false);
+  if (slab.push(cls, p)) return;  // the class grew
   void* batch[kMaxBatch + 1];
   int n = slab.pop_batch(cls, batch, batch_size(cls));
   batch[n++] = p;
@@ -240,20 +296,43 @@ void* take_one(unsigned cls) {
   return transfer_cache(cls).remove(&p, 1) == 1 ? p : nullptr;
 }
 
-// Moves the objects of slab `index` to the transfer caches. The caller owns the slab: it holds
-// its lock and, in rseq mode, has stopped it and fenced every critical section that could
-// still commit on it.
+// Moves the objects of one class of slab `s` that sit at or above slot `keep` to the transfer
+// cache.
+void move_out(uint64_t* s, unsigned cls, uint16_t keep) {
+  uint16_t current = arch::header_current(arch::load_header(s, cls));
+  for (uint16_t top = current; top > keep;) {
+    uint16_t bottom = top - keep > kMaxBatch ? static_cast<uint16_t>(top - kMaxBatch) : keep;
+    transfer_cache(cls).insert(reinterpret_cast<void* const*>(&s[bottom]), top - bottom);
+    top = bottom;
+  }
+  if (current > keep) arch::store_current(s, cls, keep);
+}
+
+// Moves the objects of slab `index` to the transfer caches and gives every class its initial
+// capacity back. The caller owns the slab: it holds its lock and, in rseq mode, has stopped it
+// and fenced every critical section that could still commit on it.
 void drain_owned_slab(uint32_t index) {
   uint64_t* s = slab(index);
+  SlabControl& control = g_control[index];
+  control.capacity_bytes = 0;
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    uint16_t begin = kLayout.begin[cls];
-    uint16_t current = arch::header_current(arch::load_header(s, cls));
-    for (uint16_t top = current; top > begin;) {
-      uint16_t bottom = top - begin > kMaxBatch ? static_cast<uint16_t>(top - kMaxBatch) : begin;
-      transfer_cache(cls).insert(reinterpret_cast<void* const*>(&s[bottom]), top - bottom);
-      top = bottom;
-    }
-    arch::store_current(s, cls, begin);
+    move_out(s, cls, kLayout.begin[cls]);
+    control.end[cls] = g_initial_end[cls];
+    control.capacity_bytes += class_bytes(cls, g_initial_end[cls] - kLayout.begin[cls]);
+  }
+}
+
+// Lowers each class's end to its shrink_to (where set), moving out what sits above. The caller
+// owns the slab as for drain_owned_slab.
+void shrink_owned_slab(uint32_t index) {
+  uint64_t* s = slab(index);
+  SlabControl& control = g_control[index];
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    uint16_t target = control.shrink_to[cls];
+    if (target == 0) continue;
+    move_out(s, cls, target);
+    control.capacity_bytes -= class_bytes(cls, control.end[cls] - target);
+    control.end[cls] = target;
   }
 }
 
@@ -263,7 +342,7 @@ void set_stopped(uint32_t index, bool stopped) {
   uint64_t* s = slab(index);
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
     if (stopped) arch::store_bounds(s, cls, arch::kStoppedBegin, arch::kStoppedEnd);
-    else arch::store_bounds(s, cls, kLayout.begin[cls], g_end[cls]);
+    else arch::store_bounds(s, cls, kLayout.begin[cls], g_control[index].end[cls]);
   }
 }
 
@@ -284,12 +363,14 @@ bool slab_holds_objects(uint32_t index) {
   return false;
 }
 
-// Drains the slabs untouched since the last scan (CPUs, or mm_cids, that have gone idle), so
-// their objects can go back to the spans and the OS. A slab whose lock is busy is skipped.
-void drain_idle_slabs() {
+// Once per period. A slab untouched since the last scan (a CPU, or mm_cid, gone idle) that
+// holds objects is drained; in the others, each class that went the whole period without a
+// miss gives back half its room above its initial capacity, for the classes that miss. Both
+// need the slab stopped and fenced in rseq mode; slabs whose lock is busy wait for the next scan.
+void scan_slabs() {
   uint32_t num_slabs = static_cast<uint32_t>(g_percpu.num_slabs);
   bool locked_mode = g_mode == CacheMode::kLocked;
-  if (!locked_mode && !g_membarrier) return;  // no safe way to empty another CPU's slab
+  if (!locked_mode && !g_membarrier) return;  // no safe way to change another CPU's slab
   bool any = false, fenced = true;
   for (uint32_t i = 0; i < num_slabs; ++i) {
     SlabControl& control = g_control[i];
@@ -297,12 +378,22 @@ void drain_idle_slabs() {
     uint64_t signature = slab_signature(i);
     bool idle = signature == control.signature && slab_holds_objects(i);
     control.signature = signature;
-    if (!idle) {
+    bool shrink = false;
+    for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+      uint32_t misses = control.alloc_misses[cls].load(std::memory_order_relaxed) +
+                        control.free_misses[cls].load(std::memory_order_relaxed);
+      control.alloc_misses[cls].store(0, std::memory_order_relaxed);
+      control.free_misses[cls].store(0, std::memory_order_relaxed);
+      uint16_t end = control.end[cls], initial = g_initial_end[cls];
+      control.shrink_to[cls] = misses == 0 && end > initial ? static_cast<uint16_t>(initial + (end - initial) / 2) : 0;
+      shrink |= control.shrink_to[cls] != 0;
+    }
+    if (!idle && !shrink) {
       control.lock.unlock();
       continue;
     }
     any = true;
-    control.ready_to_drain = true;
+    control.scan_action = idle ? ScanAction::kDrain : ScanAction::kShrink;
     if (!locked_mode) {
       set_stopped(i, true);
       if (g_mode == CacheMode::kRseqCpuId) fenced &= os::membarrier_rseq_fence(static_cast<int>(i));
@@ -312,9 +403,13 @@ void drain_idle_slabs() {
   if (g_mode == CacheMode::kRseqMmCid) fenced = os::membarrier_rseq_fence(-1);
   for (uint32_t i = 0; i < num_slabs; ++i) {
     SlabControl& control = g_control[i];
-    if (!control.ready_to_drain) continue;
-    control.ready_to_drain = false;
-    if (fenced) drain_owned_slab(i);
+    if (control.scan_action == ScanAction::kNone) continue;
+    // A refused fence leaves the slab as it was: a commit might still land on it.
+    if (fenced) {
+      if (control.scan_action == ScanAction::kDrain) drain_owned_slab(i);
+      else shrink_owned_slab(i);
+    }
+    control.scan_action = ScanAction::kNone;
     if (!locked_mode) set_stopped(i, false);
     control.signature = slab_signature(i);
     control.lock.unlock();
@@ -333,7 +428,7 @@ void periodic_work() {
   if (now < due) return;
   uint64_t period = g_page_heap.decay_ms() > 100 ? g_page_heap.decay_ms() : 100;
   if (!g_next_idle_scan_ms.compare_exchange_strong(due, now + period, std::memory_order_relaxed)) return;
-  if (is_set_up()) drain_idle_slabs();
+  if (is_set_up()) scan_slabs();
   for (unsigned cls = 1; cls < kNumClasses; ++cls) transfer_cache(cls).release_idle();
 }
 
@@ -349,12 +444,12 @@ void* cache_refill_pop(unsigned cls) {
   if (g_mode == CacheMode::kLocked) {
     uint32_t index = locked_slab_index();
     LockGuard guard(g_control[index].lock);
-    return refill_pop(OwnedSlab{slab(index)}, cls);
+    return refill_pop(OwnedSlab{slab(index), index}, cls);
   }
   uint32_t index = rseq_index();
   if (index == kNoSlab) return take_one(cls);
   ensure_slab(index);
-  return refill_pop(RseqSlab{}, cls);
+  return refill_pop(RseqSlab{index}, cls);
 }
 
 namespace {
@@ -368,12 +463,12 @@ void overflow_to_lower_levels(unsigned cls, void* p) {
   if (g_mode == CacheMode::kLocked) {
     uint32_t index = locked_slab_index();
     LockGuard guard(g_control[index].lock);
-    return overflow_push(OwnedSlab{slab(index)}, cls, p);
+    return overflow_push(OwnedSlab{slab(index), index}, cls, p);
   }
   uint32_t index = rseq_index();
   if (index == kNoSlab) return transfer_cache(cls).insert(&p, 1);
   ensure_slab(index);
-  overflow_push(RseqSlab{}, cls, p);
+  overflow_push(RseqSlab{index}, cls, p);
 }
 
 }  // namespace
