@@ -22,8 +22,8 @@ constinit PerCpuConfig g_percpu{};
 
 namespace {
 
-// Up to 128 KiB of one class per CPU (at most 2048 objects), for classes up to 64 KiB; the
-// layout's room, which FASTMALLOC_CPU_CACHE_SIZE may cut (set_capacity).
+// The most room a class can grow to on one CPU: up to 128 KiB of objects (at most 2048), for
+// classes up to 64 KiB.
 constexpr uint16_t capacity_of(unsigned cls) {
   size_t size = size_class_detail::size_of_class(cls);
   if (size > 64 * 1024) return 0;
@@ -51,9 +51,9 @@ constexpr Layout kLayout = make_layout();
 static_assert(kLayout.end[kNumClasses - 1] <= arch::kFreeHitsWord, "slots must fit in a slab, below its counter");
 
 // Capacities move: a class starts with room for one transfer batch (less if the budget cannot
-// hold that for every class), grows by a batch on each miss while the CPU's total stays within
-// FASTMALLOC_CPU_CACHE_SIZE (g_budget_bytes), up to kLayout's room, and is halved by the
-// periodic scan when it went a whole period without a miss (scan_slabs).
+// hold that for every class), grows by a batch on misses (record_miss) while the CPU's total
+// stays within FASTMALLOC_CPU_CACHE_SIZE (g_budget_bytes), up to kLayout's room, and gives back
+// half its room above the start when it went a whole period without a miss (scan_slabs).
 uint16_t g_initial_end[kNumClasses];
 uint64_t g_budget_bytes;
 
@@ -81,11 +81,11 @@ struct alignas(64) SlabControl {
   Mutex lock;
   std::atomic<bool> ready;
   // Under lock: the slab's headers at the last idle scan (slab_signature), what the scan in
-  // progress stopped it for, each class's end (what set_stopped restores)
-  // and the bytes those capacities add up to.
+  // progress stopped it for, each class's end (what set_stopped restores; read without the
+  // lock only as a hint) and the bytes those capacities add up to.
   uint64_t signature;
   ScanAction scan_action;
-  uint16_t end[kNumClasses];
+  std::atomic<uint16_t> end[kNumClasses];
   uint16_t shrink_to[kNumClasses];  // during a scan: the new end, or 0
   uint64_t capacity_bytes;
   // Misses since the last scan, per class, of pops (alloc) and pushes (free): written by the
@@ -96,6 +96,7 @@ struct alignas(64) SlabControl {
 constexpr uint32_t kNoSlab = ~0u;
 
 Mutex g_setup_lock;
+Mutex g_scan_lock;  // one scan_slabs at a time
 bool g_setup_failed = false;
 CacheMode g_mode = CacheMode::kNotSetUp;
 bool g_own_registration = false;
@@ -160,7 +161,7 @@ void ensure_slab(uint32_t index) {
   uint64_t* s = slab(index);
   control.capacity_bytes = 0;
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    control.end[cls] = g_initial_end[cls];
+    control.end[cls].store(g_initial_end[cls], std::memory_order_relaxed);
     control.capacity_bytes += class_bytes(cls, g_initial_end[cls] - kLayout.begin[cls]);
     arch::store_header(s, cls, arch::make_header(kLayout.begin[cls], kLayout.begin[cls], g_initial_end[cls]));
   }
@@ -201,14 +202,14 @@ void record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
   std::atomic<uint32_t>& other = alloc ? control.free_misses[cls] : control.alloc_misses[cls];
   mine.store(mine.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   if (other.load(std::memory_order_relaxed) == 0) return;
-  if (control.end[cls] >= kLayout.end[cls]) return;  // racy read: the decision is made below
+  if (control.end[cls].load(std::memory_order_relaxed) >= kLayout.end[cls]) return;  // full grown
   if (!locked && !control.lock.try_lock()) return;
-  uint16_t end = control.end[cls];
+  uint16_t end = control.end[cls].load(std::memory_order_relaxed);
   uint16_t grown = static_cast<uint16_t>(end + batch_size(cls));
   if (grown > kLayout.end[cls]) grown = kLayout.end[cls];
   uint64_t bytes = class_bytes(cls, grown - end);
   if (grown > end && control.capacity_bytes + bytes <= g_budget_bytes) {
-    control.end[cls] = grown;
+    control.end[cls].store(grown, std::memory_order_relaxed);
     control.capacity_bytes += bytes;
     arch::store_bounds(slab(index), cls, kLayout.begin[cls], grown);
   }
@@ -317,7 +318,7 @@ void drain_owned_slab(uint32_t index) {
   control.capacity_bytes = 0;
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
     move_out(s, cls, kLayout.begin[cls]);
-    control.end[cls] = g_initial_end[cls];
+    control.end[cls].store(g_initial_end[cls], std::memory_order_relaxed);
     control.capacity_bytes += class_bytes(cls, g_initial_end[cls] - kLayout.begin[cls]);
   }
 }
@@ -331,8 +332,8 @@ void shrink_owned_slab(uint32_t index) {
     uint16_t target = control.shrink_to[cls];
     if (target == 0) continue;
     move_out(s, cls, target);
-    control.capacity_bytes -= class_bytes(cls, control.end[cls] - target);
-    control.end[cls] = target;
+    control.capacity_bytes -= class_bytes(cls, control.end[cls].load(std::memory_order_relaxed) - target);
+    control.end[cls].store(target, std::memory_order_relaxed);
   }
 }
 
@@ -342,7 +343,7 @@ void set_stopped(uint32_t index, bool stopped) {
   uint64_t* s = slab(index);
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
     if (stopped) arch::store_bounds(s, cls, arch::kStoppedBegin, arch::kStoppedEnd);
-    else arch::store_bounds(s, cls, kLayout.begin[cls], g_control[index].end[cls]);
+    else arch::store_bounds(s, cls, kLayout.begin[cls], g_control[index].end[cls].load(std::memory_order_relaxed));
   }
 }
 
@@ -367,7 +368,8 @@ bool slab_holds_objects(uint32_t index) {
 // holds objects is drained; in the others, each class that went the whole period without a
 // miss gives back half its room above its initial capacity, for the classes that miss. Both
 // need the slab stopped and fenced in rseq mode; slabs whose lock is busy wait for the next scan.
-void scan_slabs() {
+// Holds g_scan_lock: scan_action is the scan's own note on the slabs it stopped.
+void scan_slabs_locked() {
   uint32_t num_slabs = static_cast<uint32_t>(g_percpu.num_slabs);
   bool locked_mode = g_mode == CacheMode::kLocked;
   if (!locked_mode && !g_membarrier) return;  // no safe way to change another CPU's slab
@@ -384,7 +386,7 @@ void scan_slabs() {
                         control.free_misses[cls].load(std::memory_order_relaxed);
       control.alloc_misses[cls].store(0, std::memory_order_relaxed);
       control.free_misses[cls].store(0, std::memory_order_relaxed);
-      uint16_t end = control.end[cls], initial = g_initial_end[cls];
+      uint16_t end = control.end[cls].load(std::memory_order_relaxed), initial = g_initial_end[cls];
       control.shrink_to[cls] = misses == 0 && end > initial ? static_cast<uint16_t>(initial + (end - initial) / 2) : 0;
       shrink |= control.shrink_to[cls] != 0;
     }
@@ -414,6 +416,12 @@ void scan_slabs() {
     control.signature = slab_signature(i);
     control.lock.unlock();
   }
+}
+
+void scan_slabs() {
+  if (!g_scan_lock.try_lock()) return;  // another thread is at it
+  scan_slabs_locked();
+  g_scan_lock.unlock();
 }
 
 // Work that needs time to pass, run from the slow paths (a miss every few dozen calls at most)
@@ -479,7 +487,6 @@ void cache_overflow_push(unsigned cls, void* p) {
   sync::rcu_poll();
   periodic_work();
 }
-
 
 void cache_drain_all() {
   if (!is_set_up()) return;
@@ -551,6 +558,7 @@ CacheStats cache_stats() {
 
 void cache_lock_all() {
   g_setup_lock.lock();
+  g_scan_lock.lock();
   if (g_control == nullptr) return;
   for (uint32_t i = 0; i < g_percpu.num_slabs; ++i) g_control[i].lock.lock();
 }
@@ -558,12 +566,14 @@ void cache_lock_all() {
 void cache_unlock_all() {
   if (g_control != nullptr)
     for (uint32_t i = g_percpu.num_slabs; i-- > 0;) g_control[i].lock.unlock();
+  g_scan_lock.unlock();
   g_setup_lock.unlock();
 }
 
 void cache_reset_locks_after_fork() {
   if (g_control != nullptr)
     for (uint32_t i = 0; i < g_percpu.num_slabs; ++i) g_control[i].lock.reset_after_fork();
+  g_scan_lock.reset_after_fork();
   g_setup_lock.reset_after_fork();
 }
 

@@ -8,6 +8,11 @@
 //                               setup and drains hold the slab's control lock, and a drain
 //                               stops the slab and fences with membarrier before touching it.
 //                               Locked mode (no rseq): the slab's control lock, always.
+//                               Capacity: a class grows (its header's end only rises) under
+//                               the control lock; it shrinks only inside a stop and fence.
+//                               The control's miss counts are relaxed atomics, written
+//                               without the lock. One scan (idle drain, shrink) at a time:
+//                               the cache scan lock.
 //   PerCpuConfig (g_percpu)     written once at setup under the setup lock; published by a
 //                               release store of `slabs`, which fast paths test first
 //   transfer cache of a class   its TransferCache::lock()
@@ -36,9 +41,9 @@
 //                               malloc_trim.
 //   metadata arena              MetaArena::lock()
 // LOCK ORDER (take left before right; never the other way):
-//   RCU grace period -> cache setup -> slab control (ascending) -> transfer cache (ascending
-//     class) -> central list (ascending class) -> page heap -> span map -> span-map prwlock
-//     writer -> RCU callback queue -> metadata arena -> thread registry
+//   RCU grace period -> cache setup -> cache scan -> slab control (ascending) -> transfer
+//     cache (ascending class) -> central list (ascending class) -> page heap -> span map ->
+//     span-map prwlock writer -> RCU callback queue -> metadata arena -> thread registry
 #include "front_end.h"
 
 #include <cerrno>

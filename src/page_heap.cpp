@@ -67,6 +67,7 @@ Span* PageHeap::allocate(size_t pages, unsigned size_class) {
   }
   ++allocations_;
   remove_free(span);
+  if (system_bytes_ - free_bytes_ > peak_in_use_) peak_in_use_ = system_bytes_ - free_bytes_;
   if (span->pages() > pages) {
     // Split: the head gets a new descriptor and the tail keeps the old one, whose name its
     // pages already carry; the head's pages are all renamed below.
@@ -132,7 +133,7 @@ void PageHeap::deallocate(Span* span) {
   span->free_since_ms = now;
   insert_free(span);
   if (decay_ms() == 0) release_span_locked(span);
-  else if (free_bytes_ - released_bytes_ > retain_limit()) release_down_to_locked(retain_limit() / 2);
+  else if (free_bytes_ - released_bytes_ > retain_limit() && now >= next_cap_release_ms_) release_over_cap_locked(now);
   decay_locked(now);
 }
 
@@ -144,13 +145,25 @@ bool PageHeap::release_span_locked(Span* span) {
   return true;
 }
 
-void PageHeap::release_down_to_locked(size_t target) {
+void PageHeap::release_over_cap_locked(uint64_t now) {
+  // Spans freed less than a quarter of the decay time ago are left, unless the heap in use has
+  // halved since the last decay scan: a program that churns through more free pages than the
+  // cap (many threads, large classes) reuses them at once, and releasing them would only turn
+  // into page faults, while one that has just freed most of its heap will not reuse them. At
+  // most once per kCapIntervalMs, so a heap whose free pages are all young is not walked on
+  // every free.
+  uint64_t decay = decay_ms();
+  bool shrank = (system_bytes_ - free_bytes_) * 2 < peak_in_use_;
+  uint64_t min_age = shrank ? 0 : decay / 4 > kCapIntervalMs ? decay / 4 : kCapIntervalMs;
+  next_cap_release_ms_ = now + kCapIntervalMs;
+  size_t target = retain_limit() / 2;
   // bins_[0] holds the longest spans, then the exact bins from long to short: fewest system
   // calls per byte. A refused madvise ends the pass (it would be refused again).
   for (size_t n = 0; n < kBins; ++n) {
     SpanList& bin = bins_[n == 0 ? 0 : kBins - n];
     for (Span* s = bin.first(); s != nullptr; s = s->next) {
       if (free_bytes_ - released_bytes_ <= target) return;
+      if (s->released || now - s->free_since_ms < min_age) continue;
       if (!release_span_locked(s)) return;
     }
   }
@@ -170,6 +183,7 @@ void PageHeap::decay_locked(uint64_t now) {
   if (now < next_decay_scan_ms_.load(std::memory_order_relaxed)) return;
   uint64_t period = decay / 4 > 10 ? decay / 4 : 10;
   next_decay_scan_ms_.store(now + period, std::memory_order_relaxed);
+  peak_in_use_ = system_bytes_ - free_bytes_;
   if (free_bytes_ == released_bytes_) return;
   for (SpanList& bin : bins_)
     for (Span* s = bin.first(); s != nullptr; s = s->next)

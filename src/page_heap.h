@@ -4,10 +4,12 @@
 //
 // Free pages go back to the OS (madvise) on three occasions: when they have been free for the
 // decay time (FASTMALLOC_DECAY; checked by decay_tick() from the slow paths, at most four times
-// per decay period, and by the page heap's own calls); at once, longest spans first, when the
-// free pages still resident exceed kRetainBytes plus a quarter of the pages in use (so a
-// program that frees most of its heap gives it back while it frees, without waiting for a slow
-// path to come by); and on malloc_trim (release_free_pages).
+// per decay period, and by the page heap's own calls); sooner, longest spans first, when the
+// free pages still resident exceed kRetainBytes plus a quarter of the pages in use, taking
+// those free for a quarter of the decay time, or any once the heap in use has halved since the
+// last scan (so a program that frees most of its heap gives it back while it frees, without
+// waiting for a slow path to come by, and one that churns through free pages keeps them); and
+// on malloc_trim (release_free_pages).
 #pragma once
 
 #include <atomic>
@@ -73,8 +75,8 @@ class PageHeap {
   // Unreleased free bytes above which deallocate() releases at once.
   size_t retain_limit() const { return kRetainBytes + (system_bytes_ - free_bytes_) / 4; }
   bool release_span_locked(Span* span);
-  // Releases the longest unreleased spans until at most `target` free bytes stay resident.
-  void release_down_to_locked(size_t target);
+  // Over the cap: releases the longest spans not freed too recently, down to half the cap.
+  void release_over_cap_locked(uint64_t now);
   void decay_locked(uint64_t now);
 
   Span* take_free(size_t pages);
@@ -97,6 +99,9 @@ class PageHeap {
   static constexpr uint64_t kDecayUnset = ~uint64_t{0};
   std::atomic<uint64_t> decay_ms_{kDecayUnset};  // from the options on first use (decay_ms())
   std::atomic<uint64_t> next_decay_scan_ms_{0};
+  static constexpr uint64_t kCapIntervalMs = 10;
+  uint64_t next_cap_release_ms_ = 0;
+  size_t peak_in_use_ = 0;  // the most bytes in spans handed out since the last decay scan
 };
 
 extern PageHeap g_page_heap;
