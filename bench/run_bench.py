@@ -22,9 +22,20 @@ BASELINES = {
     "mimalloc": f"{LIBDIR}/libmimalloc.so.2",
     "tcmalloc": f"{LIBDIR}/libtcmalloc_minimal.so.4",
 }
-ORDER = ["glibc", "jemalloc", "mimalloc", "tcmalloc", "fastmalloc"]
+# fastmalloc-harden is fastmalloc with FASTMALLOC_HARDEN=1: the price of its checks. Neither
+# fastmalloc variant counts as the other's competitor in the "/best other" columns.
+ORDER = ["glibc", "jemalloc", "mimalloc", "tcmalloc", "fastmalloc", "fastmalloc-harden"]
 COLORS = {"glibc": "#555555", "jemalloc": "#1f77b4", "mimalloc": "#2ca02c", "tcmalloc": "#ff7f0e",
-          "fastmalloc": "#d62728"}
+          "fastmalloc": "#d62728", "fastmalloc-harden": "#9467bd"}
+EXTRA_ENV = {"fastmalloc-harden": {"FASTMALLOC_HARDEN": "1"}}
+
+
+def is_fastmalloc(allocator):
+    return allocator.startswith("fastmalloc")
+
+
+def competitors(allocator, names):
+    return [k for k in names if k != allocator and not (is_fastmalloc(k) and is_fastmalloc(allocator))]
 QUICK_SCALE = 0.03
 
 
@@ -85,9 +96,10 @@ def run_one(args, allocator, workload, threads):
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     lib = (os.path.abspath(os.path.join(args.build, "libfastmalloc.so"))
-           if allocator == "fastmalloc" else BASELINES[allocator])
+           if is_fastmalloc(allocator) else BASELINES[allocator])
     if lib:
         env["LD_PRELOAD"] = lib
+    env.update(EXTRA_ENV.get(allocator, {}))
     cmd = [os.path.join(args.build, "bench", "alloc_bench"), "--workload", workload,
            "--threads", str(threads), "--scale", str(args.scale)]
     if args.pin:
@@ -252,7 +264,7 @@ def render(args, rows, topology, command):
                 if a == "glibc":
                     continue
                 g = cells.get("glibc")
-                others = [v for k, v in cells.items() if k != a]
+                others = [cells[k] for k in competitors(a, cells)]
                 line.append(f"{cells[a] / g:.2f}" if a in cells and g else "-")
                 line.append(f"{cells[a] / max(others):.2f}" if a in cells and others else "-")
             out.append("| " + " | ".join(line) + " |")
@@ -260,6 +272,23 @@ def render(args, rows, topology, command):
         out.append("Peak RSS (MiB): " + ", ".join(
             f"{a} {max(by[(a, workload, t)]['peak_rss_kb'] for t in threads_list if (a, workload, t) in by) / 1024:.1f}"
             for a in args.allocators if any((a, workload, t) in by for t in threads_list)))
+        out.append("")
+    if "fastmalloc" in args.allocators and "fastmalloc-harden" in args.allocators:
+        out.append("## The cost of FASTMALLOC_HARDEN=1\n")
+        out.append("fastmalloc-harden's throughput over fastmalloc's (1.00: no cost), and its peak RSS over "
+                   "fastmalloc's (for idle256, the idle RSS).\n")
+        out.append("| workload | " + " | ".join(f"{t} threads" for t in args.threads) + " | RSS |")
+        out.append("|---" * (len(args.threads) + 2) + "|")
+        for workload in args.workloads:
+            key = "idle_rss_kb" if workload == "idle256" else "peak_rss_kb"
+            line = [workload]
+            for t in args.threads:
+                h, f = by.get(("fastmalloc-harden", workload, t)), by.get(("fastmalloc", workload, t))
+                line.append(f"{h['ops_per_sec'] / f['ops_per_sec']:.2f}" if h and f and workload != "idle256" else "-")
+            rss = [(by[("fastmalloc-harden", workload, t)][key], by[("fastmalloc", workload, t)][key])
+                   for t in args.threads if ("fastmalloc-harden", workload, t) in by and ("fastmalloc", workload, t) in by]
+            line.append(f"{max(h for h, _ in rss) / max(f for _, f in rss):.2f}" if rss else "-")
+            out.append("| " + " | ".join(line) + " |")
         out.append("")
     out.append("Plots: `throughput_<workload>.png` (ops/s against threads, one line per allocator) and "
                "`rss.png` (peak RSS per workload).")

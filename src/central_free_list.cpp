@@ -1,6 +1,7 @@
 // Carving spans into objects and taking them back.
 #include "central_free_list.h"
 
+#include "block_check.h"
 #include "os/message.h"
 #include "span_map.h"
 
@@ -20,6 +21,14 @@ Span* CentralFreeList::new_span() {
   span->free_objects = nullptr;
   span->never_used = span->start;
   span->live = 0;
+  if (g_hardened) {
+    if (span->object_bits == nullptr) span->object_bits = create_object_bits();
+    if (span->object_bits == nullptr) {
+      g_page_heap.deallocate(span);
+      return nullptr;
+    }
+    for (uint64_t& word : span->object_bits->words) __atomic_store_n(&word, 0, __ATOMIC_RELAXED);
+  }
   nonempty_.push_front(span);
   store(spans_, load(spans_) + 1);
   store(span_misses_, load(span_misses_) + 1);
@@ -27,16 +36,23 @@ Span* CentralFreeList::new_span() {
 }
 
 // Objects come from the span's free list first, then from memory never handed out: a new span is
-// carved lazily, so its untouched pages cost no RSS.
+// carved lazily, so its untouched pages cost no RSS. Either way the object leaves with the free
+// signature in its first word, as every free object has (block_check.h).
 void* CentralFreeList::pop(Span* span) {
   const SizeClass& sc = size_class(size_class_);
   void* object = span->free_objects;
   if (object != nullptr) {
-    span->free_objects = *static_cast<void**>(object);
+    void* next;
+    if (!decode_link(object, span->start, size_class_, &next)) {
+      lock_.unlock();
+      os::fatal_misuse("malloc", object, "a free block was overwritten (use after free?): its free-list link is corrupt");
+    }
+    span->free_objects = next;
   } else {
     object = reinterpret_cast<void*>(span->never_used);
     span->never_used += sc.size;
   }
+  mark_free(object);
   ++span->live;
   if (span->free_objects == nullptr && span->never_used == span->start + uintptr_t{sc.objects} * sc.size)
     nonempty_.remove(span);
@@ -57,12 +73,14 @@ int CentralFreeList::allocate_batch(void** out, int n) {
 }
 
 void CentralFreeList::push(Span* span, void* p) {
-  // Checked under the lock: the span cannot change class while we hold it.
-  if (span == nullptr || span->state != SpanState::kSmall || span->size_class != size_class_ || span->live == 0) {
+  // Checked under the lock: the span cannot change class while we hold it. A block already
+  // linked into the list is a second copy of a double free.
+  if (span == nullptr || span->state != SpanState::kSmall || span->size_class != size_class_ || span->live == 0 ||
+      is_link(p)) {
     lock_.unlock();
-    os::fatal_misuse("free", p, "double free or invalid pointer");
+    os::fatal_misuse("free", p, "double free (the block is already free)");
   }
-  *static_cast<void**>(p) = span->free_objects;
+  encode_link(p, span->start, span->free_objects);
   span->free_objects = p;
   --span->live;
   if (!span->on_list) nonempty_.push_front(span);

@@ -8,6 +8,7 @@
 
 #include <atomic>
 
+#include "block_check.h"
 #include "options.h"
 #include "os/os.h"
 #include "os/rseq.h"
@@ -116,6 +117,7 @@ bool is_set_up() { return __atomic_load_n(&g_percpu.slabs, __ATOMIC_ACQUIRE) != 
 uintptr_t rseq_area() { return reinterpret_cast<uintptr_t>(__builtin_thread_pointer()) + g_percpu.rseq_area_offset; }
 
 void setup() {
+  prepare_block_checks();  // whether hardened mode is on
   LockGuard guard(g_setup_lock);
   if (g_percpu.slabs != 0 || g_setup_failed) return;
   uint32_t num_slabs = os::possible_cpus();
@@ -147,7 +149,8 @@ void setup() {
   // The slow paths test `slabs`, the fast paths `fast_num_slabs`: each is stored after
   // everything it guards.
   __atomic_store_n(&g_percpu.slabs, reinterpret_cast<uintptr_t>(slabs), __ATOMIC_RELEASE);
-  if (g_mode != CacheMode::kLocked && !g_count_hits)
+  // Hardened mode checks every call in the front end's slow path, so it has no inline path either.
+  if (g_mode != CacheMode::kLocked && !g_count_hits && !g_hardened)
     __atomic_store_n(&g_percpu.fast_num_slabs, uint64_t{num_slabs}, __ATOMIC_RELEASE);
 }
 

@@ -68,13 +68,13 @@ FM_EXPORT void* operator new[](size_t size, std::align_val_t a, const std::nothr
   return allocate_or_null(size, align_of(a));
 }
 
-// The size and alignment arguments of delete are not needed: the span map knows the block.
+// The span map knows each block; a size given to delete is checked against it.
 FM_EXPORT void operator delete(void* p) noexcept { deallocate(p, "operator delete"); }
 FM_EXPORT void operator delete[](void* p) noexcept { deallocate(p, "operator delete[]"); }
 FM_EXPORT void operator delete(void* p, const std::nothrow_t&) noexcept { deallocate(p, "operator delete"); }
 FM_EXPORT void operator delete[](void* p, const std::nothrow_t&) noexcept { deallocate(p, "operator delete[]"); }
-FM_EXPORT void operator delete(void* p, size_t) noexcept { deallocate(p, "operator delete"); }
-FM_EXPORT void operator delete[](void* p, size_t) noexcept { deallocate(p, "operator delete[]"); }
+FM_EXPORT void operator delete(void* p, size_t size) noexcept { deallocate_sized(p, size, "operator delete"); }
+FM_EXPORT void operator delete[](void* p, size_t size) noexcept { deallocate_sized(p, size, "operator delete[]"); }
 FM_EXPORT void operator delete(void* p, std::align_val_t) noexcept { deallocate(p, "operator delete"); }
 FM_EXPORT void operator delete[](void* p, std::align_val_t) noexcept { deallocate(p, "operator delete[]"); }
 FM_EXPORT void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept {
@@ -83,5 +83,9 @@ FM_EXPORT void operator delete(void* p, std::align_val_t, const std::nothrow_t&)
 FM_EXPORT void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept {
   deallocate(p, "operator delete[]");
 }
-FM_EXPORT void operator delete(void* p, size_t, std::align_val_t) noexcept { deallocate(p, "operator delete"); }
-FM_EXPORT void operator delete[](void* p, size_t, std::align_val_t) noexcept { deallocate(p, "operator delete[]"); }
+FM_EXPORT void operator delete(void* p, size_t size, std::align_val_t) noexcept {
+  deallocate_sized_aligned(p, size, "operator delete");
+}
+FM_EXPORT void operator delete[](void* p, size_t size, std::align_val_t) noexcept {
+  deallocate_sized_aligned(p, size, "operator delete[]");
+}

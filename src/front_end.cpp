@@ -51,19 +51,87 @@
 #include <cstring>
 
 #include "base.h"
+#include "block_check.h"
 #include "cpu_cache.h"
 #include "os/message.h"
+#include "os/os.h"
 #include "page_heap.h"
 #include "size_classes.h"
 #include "span_map.h"
 
 namespace fastmalloc {
 
+namespace {
+
+// FASTMALLOC_HARDEN: the object's bit in its span, and the canary after it.
+struct ObjectSlot {
+  uint64_t* word;
+  uint64_t bit;
+};
+
+ObjectSlot slot_of(const Span* span, uintptr_t addr) {
+  size_t index = (addr - span->start) / size_class(span->size_class).size;
+  return ObjectSlot{&span->object_bits->words[index / 64], uint64_t{1} << (index % 64)};
+}
+
+Word* canary_of(void* p, unsigned cls) {
+  return reinterpret_cast<Word*>(static_cast<char*>(p) + size_class(cls).size - kCanaryBytes);
+}
+
+// A block about to be handed out: we hold it, so its span stays.
+void harden_handed_out(void* p, unsigned cls) {
+  Span* span = span_of(p, "malloc");
+  ObjectSlot slot = slot_of(span, reinterpret_cast<uintptr_t>(p));
+  if (__atomic_fetch_or(slot.word, slot.bit, __ATOMIC_RELAXED) & slot.bit)
+    os::fatal_misuse("malloc", p, "heap corrupted: a block was about to be handed out twice");
+  *canary_of(p, cls) = canary_for(p);
+}
+
+// A block being freed. Its span may be leaving if the block is not live (a double free), so the
+// descriptor and its bits are read under RCU.
+void harden_freed(void* p, unsigned cls, const char* call) {
+  uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  sync::rcu_read_lock();
+  sync::Prwlock::ReadSection section = g_span_map.structure_lock().read_lock();
+  Span* span = g_span_map.lookup(addr);
+  g_span_map.structure_lock().read_unlock(section);
+  bool was_live = false;
+  if (span != nullptr && span->state == SpanState::kSmall && span->size_class == cls && span->contains(addr) &&
+      span->object_bits != nullptr) {
+    ObjectSlot slot = slot_of(span, addr);
+    was_live = (__atomic_fetch_and(slot.word, ~slot.bit, __ATOMIC_RELAXED) & slot.bit) != 0;
+  }
+  sync::rcu_read_unlock();
+  if (!was_live) os::fatal_misuse(call, p, "double free, or a block that was never handed out");
+  if (*canary_of(p, cls) != canary_for(p))
+    os::fatal_misuse(call, p, "heap overflow: the bytes just past the end of the block were overwritten");
+}
+
+// realloc and malloc_usable_size of a small block that is not live.
+void check_live(const Span* span, const void* p, const char* call) {
+  if (span->state != SpanState::kSmall) return;
+  bool live = !looks_free(p);
+  if (g_hardened && live) {
+    ObjectSlot slot = slot_of(span, reinterpret_cast<uintptr_t>(p));
+    live = (__atomic_load_n(slot.word, __ATOMIC_RELAXED) & slot.bit) != 0;
+  }
+  if (!live) os::fatal_misuse(call, p, "the block is not allocated (it was freed)");
+}
+
+}  // namespace
+
 namespace detail {
 
 void* out_of_memory() {
   errno = ENOMEM;
   return nullptr;
+}
+
+void* allocate_slow(size_t size) {
+  prepare_block_checks();
+  size_t needed = class_bytes_for(size);
+  if (needed <= kMaxSmallSize) return allocate_small(size_to_class(needed));
+  return allocate_large(size, 0);
 }
 
 void* allocate_large(size_t size, size_t align) {
@@ -75,18 +143,53 @@ void* allocate_large(size_t size, size_t align) {
   return reinterpret_cast<void*>(span->start);
 }
 
+void* allocate_small_miss(unsigned cls) {
+  prepare_block_checks();
+  void* p = cache_refill_pop(cls);
+  if (FM_UNLIKELY(p == nullptr)) return out_of_memory();
+  if (FM_UNLIKELY(!has_free_signature(p))) report_reused_block(p);
+  if (g_hardened) harden_handed_out(p, cls);
+  mark_handed_out(p);
+  return p;
+}
+
+void deallocate_small_miss(unsigned cls, void* p, const char* call) {
+  if (g_hardened) harden_freed(p, cls, call);
+  cache_overflow_push(cls, p);
+}
+
 void report_invalid(const char* call, const void* p) {
   os::fatal_misuse(call, p, "invalid pointer (not a block fastmalloc handed out, or already freed)");
+}
+
+void report_double_free(const char* call, const void* p) {
+  os::fatal_misuse(call, p, "double free (the block is already free)");
+}
+
+void report_reused_block(const void* p) {
+  os::fatal_misuse("malloc", p, "a free block lost its free signature: it was freed twice, or written after free");
 }
 
 void deallocate_slow(void* p, const char* call) {
   if (p == nullptr) return;
   Span* span = span_of(p, call);
-  if (span->state == SpanState::kSmall) return deallocate_small(span->size_class, p);
+  if (span->state == SpanState::kSmall) return deallocate_small(span->size_class, p, call);
   int saved_errno = errno;
   g_page_heap.unmap_large(span);
   sync::rcu_poll();
   errno = saved_errno;
+}
+
+void deallocate_sized_slow(void* p, size_t size, const char* call) {
+  if (p == nullptr) return;
+  Span* span = span_of(p, call);
+  size_t needed = class_bytes_for(size);
+  bool small = needed <= kMaxSmallSize;
+  bool matches = span->state == SpanState::kSmall
+                     ? small && size_to_class(needed) == span->size_class
+                     : !small && round_up(size, os::hardware_page_size()) == span->bytes;
+  if (!matches) os::fatal_misuse(call, p, "sized delete with a size the block was not allocated with");
+  deallocate_slow(p, call);
 }
 
 }  // namespace detail
@@ -96,11 +199,18 @@ namespace {
 using detail::allocate_large;
 using detail::out_of_memory;
 
+// What the program may use of the block: hardened mode keeps the canary's bytes.
 size_t block_size(const Span* span) {
-  return span->state == SpanState::kSmall ? size_class(span->size_class).size : span->bytes;
+  return span->state == SpanState::kSmall ? size_class(span->size_class).size - canary_bytes() : span->bytes;
 }
 
 }  // namespace
+
+void deallocate_sized_aligned(void* p, size_t size, const char* call) {
+  if (p != nullptr && size > usable_size(p, call))
+    os::fatal_misuse(call, p, "sized delete with a size larger than the block");
+  deallocate(p, call);
+}
 
 void* allocate_zeroed(size_t count, size_t size) {
   size_t total;
@@ -113,10 +223,12 @@ void* allocate_zeroed(size_t count, size_t size) {
 
 void* allocate_aligned(size_t align, size_t size) {
   if (align <= 8 || (align == 16 && size >= 16)) return allocate(size);
-  if (size <= kMaxSmallSize && align <= kPageSize) {
+  prepare_block_checks();
+  size_t needed = class_bytes_for(size);
+  if (needed <= kMaxSmallSize && align <= kPageSize) {
     // A class whose size is a multiple of `align` has every object aligned, since spans start on
     // a page boundary. Every power of two is a class, so at most a few classes are skipped.
-    size_t wanted = size > align ? size : align;
+    size_t wanted = needed > align ? needed : align;
     for (unsigned cls = size_to_class(wanted); cls < kNumClasses; ++cls)
       if (size_class(cls).size % align == 0) return allocate_small(cls);
   }
@@ -126,14 +238,17 @@ void* allocate_aligned(size_t align, size_t size) {
 void* reallocate(void* p, size_t size, const char* call) {
   if (p == nullptr) return allocate(size);
   Span* span = span_of(p, call);
+  check_live(span, p, call);
   if (size == 0) {
     // glibc frees the block and returns NULL.
     deallocate(p, call);
     return nullptr;
   }
+  size_t needed = class_bytes_for(size);
+  bool small = needed <= kMaxSmallSize;
   if (span->state == SpanState::kSmall) {
-    if (size <= kMaxSmallSize && size_to_class(size) == span->size_class) return p;
-  } else if (size > kMaxSmallSize) {
+    if (small && size_to_class(needed) == span->size_class) return p;
+  } else if (!small) {
     if (!g_page_heap.remap_large(span, size)) return out_of_memory();
     return reinterpret_cast<void*>(span->start);
   }
@@ -147,7 +262,9 @@ void* reallocate(void* p, size_t size, const char* call) {
 
 size_t usable_size(const void* p, const char* call) {
   if (p == nullptr) return 0;
-  return block_size(span_of(p, call));
+  Span* span = span_of(p, call);
+  check_live(span, p, call);
+  return block_size(span);
 }
 
 }  // namespace fastmalloc

@@ -8,17 +8,19 @@
 //
 // CALL TREE
 //   allocate(size)
-//     size <= kMaxSmallSize: allocate_small(class)
-//        fast: cache_pop (rseq pop on this CPU's slab)
-//        miss: cache_refill_pop -> TransferCache::remove -> CentralFreeList::allocate_batch
-//                                                          -> PageHeap::allocate
-//     otherwise:             allocate_large()  -> PageHeap::map_large() (its own mapping)
+//     size < g_inline_size_bound: allocate_small(class)
+//        fast: cache_pop (rseq pop on this CPU's slab), check and clear the free signature
+//        miss: allocate_small_miss -> cache_refill_pop -> TransferCache::remove
+//                -> CentralFreeList::allocate_batch -> PageHeap::allocate
+//     otherwise (the first call, FASTMALLOC_HARDEN, large blocks): allocate_slow
+//        large: allocate_large -> PageHeap::map_large (its own mapping)
 //   deallocate(p)
 //     span-map entry of p's page (no lock) -> class, offset in span -> p starts an object?
 //     small: deallocate_small(class, p)
+//        write the free signature
 //        fast: cache_push (rseq push on this CPU's slab)
-//        miss: cache_overflow_push -> TransferCache::insert -> CentralFreeList::deallocate_batch
-//                                                             -> empty span: PageHeap::deallocate
+//        miss: deallocate_small_miss -> cache_overflow_push -> TransferCache::insert
+//                -> CentralFreeList::deallocate_batch -> empty span: PageHeap::deallocate
 //     anything else: deallocate_slow -> span_of(p): large: PageHeap::unmap_large(); else report
 //
 #pragma once
@@ -27,6 +29,7 @@
 #include <cstdint>
 
 #include "base.h"
+#include "block_check.h"
 #include "cpu_cache.h"
 #include "size_classes.h"
 #include "span.h"
@@ -38,22 +41,38 @@ namespace fastmalloc {
 
 namespace detail {
 FM_NOINLINE void* out_of_memory();
+// Everything allocate() does not serve inline: the first call (which prepares the block
+// checks), hardened mode, and large blocks.
+FM_NOINLINE void* allocate_slow(size_t size);
 FM_NOINLINE void* allocate_large(size_t size, size_t align);
+FM_NOINLINE void* allocate_small_miss(unsigned cls);
+FM_NOINLINE void deallocate_small_miss(unsigned cls, void* p, const char* call);
 [[noreturn]] FM_NOINLINE void report_invalid(const char* call, const void* p);
+[[noreturn]] FM_NOINLINE void report_double_free(const char* call, const void* p);
+// A block about to be handed out has lost its free signature.
+[[noreturn]] FM_NOINLINE void report_reused_block(const void* p);
 // free() of anything but a valid small block: null, a large block, or misuse.
 FM_NOINLINE void deallocate_slow(void* p, const char* call);
+FM_NOINLINE void deallocate_sized_slow(void* p, size_t size, const char* call);
 }  // namespace detail
 
+// free() writes the free signature into the block's first word and malloc() checks and clears
+// it (block_check.h): a block freed twice sits twice in the caches, and whichever copy is taken
+// second no longer carries the signature, so it is reported instead of handed out again.
 FM_ALWAYS_INLINE void* allocate_small(unsigned cls) {
   void* p;
-  if (FM_LIKELY(cache_pop(cls, &p))) return p;
-  p = cache_refill_pop(cls);
-  return FM_LIKELY(p != nullptr) ? p : detail::out_of_memory();
+  if (FM_LIKELY(cache_pop(cls, &p))) {
+    if (FM_UNLIKELY(!has_free_signature(p))) detail::report_reused_block(p);
+    mark_handed_out(p);
+    return p;
+  }
+  return detail::allocate_small_miss(cls);
 }
 
-FM_ALWAYS_INLINE void deallocate_small(unsigned cls, void* p) {
+FM_ALWAYS_INLINE void deallocate_small(unsigned cls, void* p, const char* call) {
+  mark_free(p);
   if (FM_LIKELY(cache_push(cls, p))) return;
-  cache_overflow_push(cls, p);
+  detail::deallocate_small_miss(cls, p, call);
 }
 
 // The span that owns block p, or a report naming `call`. Ensures p is the start of a block that
@@ -78,9 +97,12 @@ FM_ALWAYS_INLINE Span* span_of(const void* p, const char* call) {
   detail::report_invalid(call, p);
 }
 
+// g_inline_size_bound is kMaxSmallSize + 1 once the block checks are prepared, and 0 before that
+// and in hardened mode, which both need the slow path (for every size, 0 included): the bound
+// costs no extra test.
 FM_ALWAYS_INLINE void* allocate(size_t size) {
-  if (FM_LIKELY(size <= kMaxSmallSize)) return allocate_small(size_to_class(size));
-  return detail::allocate_large(size, 0);
+  if (FM_LIKELY(size < __atomic_load_n(&g_inline_size_bound, __ATOMIC_RELAXED))) return allocate_small(size_to_class(size));
+  return detail::allocate_slow(size);
 }
 
 // Free reads only the span-map entry of p's page: a small span's entry carries the class and
@@ -94,9 +116,28 @@ FM_ALWAYS_INLINE void deallocate(void* p, const char* call) {
   map_lock.read_unlock(section);
   unsigned cls = SpanMap::entry_class(entry);
   if (FM_LIKELY(cls != 0 && is_object_boundary(cls, SpanMap::entry_offset(entry, addr))))
-    return deallocate_small(cls, p);
+    return deallocate_small(cls, p, call);
   detail::deallocate_slow(p, call);
 }
+
+// Sized delete: the size must be the one the block was allocated with (its class must be the
+// class of `size`); a mismatch is reported by the slow path, which also serves hardened mode.
+FM_ALWAYS_INLINE void deallocate_sized(void* p, size_t size, const char* call) {
+  uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  sync::Prwlock& map_lock = g_span_map.structure_lock();
+  sync::Prwlock::ReadSection section = map_lock.read_lock();
+  uintptr_t entry = g_span_map.lookup_entry(addr);
+  map_lock.read_unlock(section);
+  unsigned cls = SpanMap::entry_class(entry);
+  if (FM_LIKELY(cls != 0 && size < __atomic_load_n(&g_inline_size_bound, __ATOMIC_RELAXED) && size_to_class(size) == cls &&
+                is_object_boundary(cls, SpanMap::entry_offset(entry, addr))))
+    return deallocate_small(cls, p, call);
+  detail::deallocate_sized_slow(p, size, call);
+}
+
+// Sized delete of an over-aligned block: the block may come from a bigger class than the size
+// alone picks, so only size <= usable size can be checked.
+void deallocate_sized_aligned(void* p, size_t size, const char* call);
 
 void* allocate_zeroed(size_t count, size_t size);
 // `align` is a power of two (callers check and report their own errors).

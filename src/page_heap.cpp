@@ -3,6 +3,7 @@
 
 #include <cerrno>
 
+#include "block_check.h"
 #include "options.h"
 #include "os/os.h"
 #include "sync/rcu.h"
@@ -94,7 +95,9 @@ Span* PageHeap::allocate(size_t pages, unsigned size_class) {
 
 void PageHeap::retire(Span* span) {
   sync::call_rcu(&span->rcu, [](sync::RcuHead* head) {
-    g_span_pool.destroy(reinterpret_cast<Span*>(reinterpret_cast<char*>(head) - offsetof(Span, rcu)));
+    Span* retired = reinterpret_cast<Span*>(reinterpret_cast<char*>(head) - offsetof(Span, rcu));
+    if (retired->object_bits != nullptr) destroy_object_bits(retired->object_bits);
+    g_span_pool.destroy(retired);
   });
 }
 

@@ -14,6 +14,8 @@
 
 namespace fastmalloc {
 
+struct ObjectBits;  // block_check.h
+
 enum class SpanState : uint8_t { kFree = 0, kSmall = 1, kLarge = 2 };
 
 struct Span {
@@ -23,7 +25,7 @@ struct Span {
   Span* prev;
 
   // kSmall only.
-  void* free_objects;       // objects handed back, linked through their first word
+  void* free_objects;       // objects handed back, linked through their first word (encoded: block_check.h)
   uintptr_t never_used;     // objects at and above this address were never handed out
   uint32_t live;            // objects handed out and not yet returned
   uint8_t size_class;       // 0 unless kSmall
@@ -32,6 +34,8 @@ struct Span {
   bool released;            // kFree only: its pages were given back to the OS (madvise)
   uint64_t free_since_ms;   // kFree only: when it was last freed or merged (os::now_ms)
   sync::RcuHead rcu;        // for retiring the descriptor (PageHeap::retire)
+  ObjectBits* object_bits;  // FASTMALLOC_HARDEN: which objects are handed out; kept, once made,
+                            // for the descriptor's life and reset each time it becomes kSmall
 
   size_t pages() const { return bytes >> kPageShift; }
   uintptr_t end() const { return start + bytes; }

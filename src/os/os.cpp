@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -135,6 +136,22 @@ size_t hardware_page_size() {
     if (page == 0) page = 4096;
   }
   return page;
+}
+
+uint64_t random_u64() {
+  uint64_t value = 0;
+  int saved_errno = errno;
+  long got = syscall(SYS_getrandom, &value, sizeof value, GRND_NONBLOCK);
+  errno = saved_errno;
+  if (got == static_cast<long>(sizeof value)) return value;
+  // AT_RANDOM's bytes also seed glibc's stack protector: mix them one way (multiply and
+  // fold) so that our value does not give them away.
+  const auto* seed = reinterpret_cast<const uint64_t*>(getauxval(AT_RANDOM));
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  __uint128_t x = static_cast<__uint128_t>((seed != nullptr ? seed[0] ^ seed[1] : 0) ^ static_cast<uint64_t>(now.tv_nsec)) *
+                  0x9e3779b97f4a7c15u;
+  return static_cast<uint64_t>(x) ^ static_cast<uint64_t>(x >> 64);
 }
 
 }  // namespace fastmalloc::os

@@ -62,4 +62,8 @@ void write_stderr(const char* text, size_t len);
 // The hardware page size (4 KiB on x86-64), from the auxiliary vector.
 size_t hardware_page_size();
 
+// 64 unpredictable bits: getrandom() where the kernel allows it, else the 16 random bytes the
+// kernel gave the process (AT_RANDOM) mixed with the clock.
+uint64_t random_u64();
+
 }  // namespace fastmalloc::os

@@ -278,13 +278,19 @@ TEST_CASE("mallinfo2 and malloc_info report what is allocated") {
 }
 
 TEST_CASE("malloc_trim gives free pages back") {
-  std::vector<void*> blocks;
-  for (int i = 0; i < 4000; ++i) blocks.push_back(malloc_fn(4000));  // about 16 MiB of spans
-  for (void* p : blocks) {
-    memset(p, 1, 4000);
-    free(p);
+  // Where madvise is refused (mode_test.sh nomadvise) the pages stay, trim says so, and they are
+  // used again.
+  const bool madvise_refused = getenv("FM_TEST_NO_MADVISE") != nullptr;
+  for (int round = 0; round < 2; ++round) {
+    std::vector<void*> blocks;
+    for (int i = 0; i < 4000; ++i) blocks.push_back(malloc_fn(4000));  // about 16 MiB of spans
+    for (void* p : blocks) {
+      REQUIRE(p != nullptr);
+      memset(p, 1, 4000);
+      free(p);
+    }
+    REQUIRE(malloc_trim(0) == (madvise_refused ? 0 : 1));
   }
-  REQUIRE(malloc_trim(0) == 1);
 }
 
 TEST_CASE("malloc_stats prints the statistics to stderr") {

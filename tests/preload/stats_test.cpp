@@ -90,6 +90,7 @@ TEST_CASE("malloc_trim and fastmalloc_release_memory while other threads allocat
       std::vector<uint32_t> tags(kSlots, 0);
       uint64_t n = 0;
       for (uint32_t tag = 1; !stop.load(std::memory_order_relaxed); ++tag, ++n) {
+        if (n % 256 == 255) ops += 256;
         size_t i = rng() % kSlots;
         if (slots[i] != nullptr) {
           if (!Checked::check(slots[i], tags[i])) ok = false;
@@ -104,11 +105,11 @@ TEST_CASE("malloc_trim and fastmalloc_release_memory while other threads allocat
           if (!Checked::check(slots[i], tags[i])) ok = false;
           free(slots[i]);
         }
-      ops += n;
     });
+  // Until both sides have done enough, however slowly a loaded machine lets them run.
   int trims = 0;
   auto start = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - start < std::chrono::seconds(1)) {
+  while ((trims < 20 || ops.load() < 10000) && std::chrono::steady_clock::now() - start < std::chrono::seconds(60)) {
     if (trims % 2 == 0) malloc_trim(0);
     else release_memory();
     ++trims;
@@ -117,8 +118,8 @@ TEST_CASE("malloc_trim and fastmalloc_release_memory while other threads allocat
   for (auto& th : threads) th.join();
   INFO(trims << " trims during " << ops.load() << " operations");
   REQUIRE(ok.load());
-  REQUIRE(trims > 20);
-  REQUIRE(ops.load() > 10000);
+  REQUIRE(trims >= 20);
+  REQUIRE(ops.load() >= 10000);
 }
 
 TEST_CASE("the cache of a CPU that has gone idle is drained by the slow paths of others") {

@@ -9,6 +9,8 @@
 #         seccomp     rseq refused with EPERM           -> fallback
 #         enosys      rseq refused with ENOSYS          -> fallback
 #         nomembarrier rseq allowed, membarrier refused -> rseq-* (no remote drains)
+#         nomadvise   madvise refused: free pages stay   -> rseq-*
+#         harden      FASTMALLOC_HARDEN=1               -> rseq-*
 set -euo pipefail
 mode=$1 lib=$2 tests=$3 deny=$4
 # mm_cid is live when the kernel fills at least 28 bytes of struct rseq (AT_RSEQ_FEATURE_SIZE, 27).
@@ -24,6 +26,8 @@ case $mode in
   seccomp) expect=fallback; prefix=("$deny" rseq --) ;;
   enosys) expect=fallback; prefix=("$deny" --errno ENOSYS rseq --) ;;
   nomembarrier) expect=$rseq_mode; prefix=("$deny" membarrier --) ;;
+  nomadvise) expect=$rseq_mode; prefix=("$deny" madvise --); env_vars=(FM_TEST_NO_MADVISE=1) ;;
+  harden) expect=$rseq_mode; env_vars=(FASTMALLOC_HARDEN=1) ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
 err=$(mktemp)

@@ -1,0 +1,62 @@
+// The free signature's secret, span free-list links, hardened mode's switch and object bits.
+#include "block_check.h"
+
+#include "meta_arena.h"
+#include "options.h"
+#include "os/os.h"
+#include "sync/mutex.h"
+
+namespace fastmalloc {
+
+// Before prepare_block_checks() (and in the unit tests, which never call it) the signature is
+// this constant: any value works as long as it does not change while blocks carry it.
+constinit uint64_t g_free_signature = 0xa5c3'96e1'0f2d'b47bu;
+constinit size_t g_inline_size_bound = 0;
+constinit bool g_hardened = false;
+
+namespace {
+
+Mutex g_prepare_lock;
+std::atomic<bool> g_prepared{false};
+MetaPool<ObjectBits> g_object_bits_pool;
+
+// Keeps the secret away from the values programs store most: pointers, small and negative
+// integers (top 16 bits all 0 or all 1).
+uint64_t make_secret() {
+  uint64_t secret = os::random_u64();
+  uint64_t top = secret >> 48;
+  if (top == 0 || top == 0xffff) secret ^= uint64_t{0x5a5a} << 48;
+  return secret;
+}
+
+}  // namespace
+
+void prepare_block_checks() {
+  if (g_prepared.load(std::memory_order_acquire)) return;
+  LockGuard guard(g_prepare_lock);
+  if (g_prepared.load(std::memory_order_relaxed)) return;
+  // No block has been handed out yet: every allocating path calls this first.
+  __atomic_store_n(&g_free_signature, make_secret(), __ATOMIC_RELAXED);
+  g_hardened = options().harden;
+  __atomic_store_n(&g_inline_size_bound, g_hardened ? size_t{0} : kMaxSmallSize + 1, __ATOMIC_RELEASE);
+  g_prepared.store(true, std::memory_order_release);
+}
+
+bool decode_link(const void* block, uintptr_t span_start, unsigned cls, void** next) {
+  if (!is_link(block)) return false;
+  uint64_t offset = *static_cast<const Word*>(block) ^ free_signature() ^ kLinkTag;
+  if (offset == 0) {
+    *next = nullptr;
+    return true;
+  }
+  const SizeClass& sc = size_class(cls);
+  --offset;
+  if (offset >= sc.used_bytes || !is_object_boundary(cls, offset)) return false;
+  *next = reinterpret_cast<void*>(span_start + offset);
+  return true;
+}
+
+ObjectBits* create_object_bits() { return g_object_bits_pool.create(); }
+void destroy_object_bits(ObjectBits* bits) { g_object_bits_pool.destroy(bits); }
+
+}  // namespace fastmalloc

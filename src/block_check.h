@@ -1,0 +1,101 @@
+// Block checks: how a small block shows that it is free, and what FASTMALLOC_HARDEN adds.
+//
+// The free signature (always on). free() stores a per-process random secret in the block's
+// first word; malloc() checks it is still there and clears it as it hands the block out. A
+// block freed twice sits twice in the caches: whichever copy is taken second has lost the
+// signature (the first hand-out cleared it, or the program has written there since), so it is
+// reported instead of being handed out twice, whichever thread freed it and however late. In a
+// span's free list the first word is a link instead: the secret XOR a link tag XOR (1 + offset
+// of the next free object), so a copy that reaches the list when the other is already there is
+// caught on the push, and a link overwritten after free is caught on the pop instead of being
+// followed. The cost is one store in free() and a load and compare in malloc(), on a block that
+// was just freed or is about to be used (about 4% on the single-thread benchmarks, see
+// bench/RESULTS.md). What it cannot see: a double free whose second free comes after the block
+// was handed out again (it then frees the new owner's block, as in every allocator), and a free
+// of an object slot that was never handed out.
+//
+// FASTMALLOC_HARDEN=1 checks the rest, at the cost of the inline fast paths (every call goes
+// through the slow path, like FASTMALLOC_STATS=1):
+//   - one bit per object in its span (ObjectBits), set when the block is handed out and cleared
+//     when it is freed: a double free is reported by the second free() itself, and so is a
+//     free of a slot never handed out;
+//   - an 8-byte canary after every small block (the block is carved from the class for size + 8),
+//     checked on free: a write past the end of the block is reported.
+// Large blocks are their own mappings; their double free is caught in every mode (the span is
+// gone), an overflow past them is not.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "base.h"
+#include "size_classes.h"
+
+namespace fastmalloc {
+
+using Word = uint64_t __attribute__((may_alias));
+
+// Random per process; fixed by prepare_block_checks() before the first block is handed out, and
+// never changed again (a fork child keeps it, with the heap it copies).
+extern uint64_t g_free_signature;
+
+FM_ALWAYS_INLINE uint64_t free_signature() { return __atomic_load_n(&g_free_signature, __ATOMIC_RELAXED); }
+FM_ALWAYS_INLINE void mark_free(void* block) { *static_cast<Word*>(block) = free_signature(); }
+FM_ALWAYS_INLINE bool has_free_signature(const void* block) { return *static_cast<const Word*>(block) == free_signature(); }
+FM_ALWAYS_INLINE void mark_handed_out(void* block) { *static_cast<Word*>(block) = 0; }
+
+// Span free-list links. A span is below 2^21 bytes (255 pages of 8 KiB), so an offset + 1 fits
+// in the low 21 bits and the tag marks the rest.
+inline constexpr unsigned kLinkOffsetBits = 21;
+inline constexpr uint64_t kLinkTag = 0x6c69'6e6b'0000'0000u;  // differs from the signature
+static_assert(255 * kPageSize < (size_t{1} << kLinkOffsetBits));
+
+FM_ALWAYS_INLINE bool is_link(const void* block) {
+  return ((*static_cast<const Word*>(block) ^ free_signature() ^ kLinkTag) >> kLinkOffsetBits) == 0;
+}
+FM_ALWAYS_INLINE void encode_link(void* block, uintptr_t span_start, const void* next) {
+  uint64_t offset = next == nullptr ? 0 : reinterpret_cast<uintptr_t>(next) - span_start + 1;
+  *static_cast<Word*>(block) = free_signature() ^ kLinkTag ^ offset;
+}
+// False for a word that is no link of a span of class `cls` (the list was overwritten).
+bool decode_link(const void* block, uintptr_t span_start, unsigned cls, void** next);
+
+// Free in the eyes of a check that reads the block anyway (realloc, malloc_usable_size).
+FM_ALWAYS_INLINE bool looks_free(const void* block) { return has_free_signature(block) || is_link(block); }
+
+// FASTMALLOC_HARDEN. Until prepare_block_checks() has run, and whenever hardening is on,
+// g_inline_size_bound is 0, so every allocation goes to the front end's slow path.
+extern size_t g_inline_size_bound;
+extern bool g_hardened;
+
+// Reads the options and fixes the signature, once; every allocating path calls it before it
+// hands out its first block. Does not allocate.
+void prepare_block_checks();
+
+inline constexpr size_t kCanaryBytes = 8;
+FM_ALWAYS_INLINE size_t canary_bytes() { return g_hardened ? kCanaryBytes : 0; }
+// The bytes a request of `size` takes from a size class: in hardened mode the canary's too, and
+// at least 16, so that the canary never shares the first word with the free signature.
+// Saturates instead of wrapping.
+FM_ALWAYS_INLINE size_t class_bytes_for(size_t size) {
+  if (!g_hardened) return size;
+  if (size > SIZE_MAX - kCanaryBytes) return SIZE_MAX;
+  return size < kCanaryBytes ? 2 * kCanaryBytes : size + kCanaryBytes;
+}
+FM_ALWAYS_INLINE uint64_t canary_for(const void* block) {
+  return (free_signature() * 0x9e3779b97f4a7c15u) ^ reinterpret_cast<uintptr_t>(block);
+}
+
+// One bit per object of a small span, hardened mode only. At most 1024 objects in a span (the
+// 8-byte class, whose span is one page).
+struct ObjectBits {
+  static constexpr unsigned kWords = 16;
+  uint64_t words[kWords];
+};
+static_assert(kPageSize / 8 <= ObjectBits::kWords * 64);
+
+ObjectBits* create_object_bits();   // zeroed; nullptr when out of memory
+void destroy_object_bits(ObjectBits* bits);
+
+}  // namespace fastmalloc
