@@ -1,13 +1,19 @@
-// Running out of address space (RLIMIT_AS): every call returns NULL with ENOMEM, live blocks
-// keep their contents, and allocation works again once memory is freed.
+// Running out of memory: the address space limited (RLIMIT_AS), or mmap refused outright (a
+// seccomp filter). Every call returns NULL with ENOMEM, live blocks keep their contents, and
+// allocation works again once memory is freed.
 #include <catch2/catch.hpp>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <new>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "preload_support.h"
@@ -104,4 +110,113 @@ TEST_CASE("address-space exhaustion: large blocks") {
     REQUIRE(r.exited);
     REQUIRE(r.exit_code == 0);
   }
+}
+
+namespace {
+
+// Fills memory with a rotation of small, medium and large blocks until a call fails; checks the
+// failure, the survivors, and that freeing lets allocation go on. Exit code 0: all held.
+int fill_mixed_and_recover() {
+  constexpr size_t kMaxBlocks = 1 << 20;
+  constexpr size_t kSizes[] = {48, 4000, 100000, 1 << 20, 16 << 20};
+  void** blocks = static_cast<void**>(
+      mmap(nullptr, kMaxBlocks * sizeof(void*), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (blocks == MAP_FAILED) return 10;
+  size_t count = 0;
+  for (;;) {
+    if (count == kMaxBlocks) return 12;
+    size_t size = kSizes[count % 5];
+    errno = 0;
+    void* p = malloc_fn(size);
+    if (p == nullptr) {
+      if (errno != ENOMEM) return 13;
+      break;
+    }
+    memset(p, static_cast<int>(count & 0xff), 48);
+    blocks[count++] = p;
+  }
+  if (count < 5) return 14;
+  for (size_t i = 0; i < count; ++i) {
+    const unsigned char* p = static_cast<const unsigned char*>(blocks[i]);
+    for (size_t j = 0; j < 48; ++j)
+      if (p[j] != (i & 0xff)) return 20;
+  }
+  // Give everything back; the same rotation then fits again, all of it.
+  for (size_t i = 0; i < count; ++i) free(blocks[i]);
+  for (size_t i = 0; i < count; ++i) {
+    blocks[i] = malloc_fn(kSizes[i % 5]);
+    if (blocks[i] == nullptr) return 21;
+  }
+  for (size_t i = 0; i < count; ++i) free(blocks[i]);
+  return 0;
+}
+
+// From here on every mmap (and mremap) fails with ENOMEM: memory the allocator already holds is
+// all there is.
+bool refuse_mmap() {
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mmap, 1, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mremap, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOMEM),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog program{static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
+  return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+         syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("an address space of 1 GiB: small and large blocks fail cleanly, and work again once freed") {
+  ChildResult r = run_in_child([] {
+    if (current_address_space() > (768u << 20)) _exit(30);  // the limit would not leave room
+    struct rlimit limit {size_t{1} << 30, RLIM_INFINITY};
+    if (setrlimit(RLIMIT_AS, &limit) != 0) _exit(11);
+    _exit(fill_mixed_and_recover());
+  });
+  INFO(r.err);
+  REQUIRE(r.exited);
+  REQUIRE(r.exit_code == 0);
+}
+
+TEST_CASE("mmap refused: every call fails with ENOMEM, blocks survive, freed memory is used again") {
+  ChildResult r = run_in_child([] {
+    // Small blocks freed before the refusal are all that small allocations can then use.
+    constexpr int kWarm = 2000, kMaxHeld = 1 << 18;  // 1 GiB of blocks: mmap was not refused
+    void* warm[kWarm];
+    for (void*& p : warm) p = malloc_fn(4000);
+    for (void* p : warm) free(p);
+    void** held = static_cast<void**>(
+        mmap(nullptr, kMaxHeld * sizeof(void*), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    if (held == MAP_FAILED || !refuse_mmap()) _exit(31);
+    int got = 0;
+    for (;;) {
+      errno = 0;
+      void* p = malloc_fn(4000);
+      if (p == nullptr) {
+        if (errno != ENOMEM) _exit(13);
+        break;
+      }
+      memset(p, got & 0xff, 4000);
+      if (got == kMaxHeld) _exit(12);
+      held[got++] = p;
+    }
+    if (got < kWarm) _exit(14);  // the freed blocks were not all reused
+    errno = 0;
+    if (malloc_fn(1 << 20) != nullptr || errno != ENOMEM) _exit(15);
+    errno = 0;
+    if (realloc(held[0], 8 << 20) != nullptr || errno != ENOMEM) _exit(16);
+    for (int i = 0; i < got; ++i) {
+      const unsigned char* p = static_cast<const unsigned char*>(held[i]);
+      if (p[0] != (i & 0xff) || p[3999] != (i & 0xff)) _exit(20);
+    }
+    free(held[0]);
+    void* again = malloc_fn(4000);
+    if (again == nullptr) _exit(21);
+    _exit(0);
+  });
+  INFO(r.err);
+  REQUIRE(r.exited);
+  REQUIRE(r.exit_code == 0);
 }

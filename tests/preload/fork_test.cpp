@@ -1,5 +1,5 @@
-// fork() from a multi-threaded program while other threads allocate: the child can allocate and
-// exit. A child stuck on a lock held by a thread that does not exist in it dies by SIGALRM.
+// fork() from several threads of a program while other threads allocate: every child can
+// allocate and exit. A child stuck on a lock held by a thread that does not exist in it dies by SIGALRM.
 #include <catch2/catch.hpp>
 
 #include <atomic>
@@ -10,7 +10,26 @@
 #include <unistd.h>
 #include <vector>
 
-TEST_CASE("fork while other threads allocate, and the child allocates and exits") {
+namespace {
+
+// A child that allocates, reallocates and frees, then exits; 0 if it got that far.
+[[noreturn]] void child_allocates_and_exits() {
+  alarm(10);
+  std::vector<void*> blocks;
+  for (int i = 0; i < 200; ++i) {
+    void* p = malloc(static_cast<size_t>(i) * 37 + 1);
+    memset(p, i, static_cast<size_t>(i) * 37 + 1);
+    blocks.push_back(p);
+  }
+  void* big = realloc(malloc(100), 2 << 20);
+  for (void* p : blocks) free(p);
+  free(big);
+  _exit(0);
+}
+
+}  // namespace
+
+TEST_CASE("1000 forks from several threads while other threads allocate; every child allocates and exits") {
   std::atomic<bool> stop{false};
   std::vector<std::thread> threads;
   for (int t = 0; t < 3; ++t) {
@@ -26,32 +45,26 @@ TEST_CASE("fork while other threads allocate, and the child allocates and exits"
       for (void* p : held) free(p);
     });
   }
-  int failures = 0;
-  for (int round = 0; round < 200; ++round) {
-    pid_t pid = fork();
-    if (pid == 0) {
-      alarm(10);
-      std::vector<void*> blocks;
-      for (int i = 0; i < 200; ++i) {
-        void* p = malloc(static_cast<size_t>(i) * 37 + 1);
-        memset(p, i, static_cast<size_t>(i) * 37 + 1);
-        blocks.push_back(p);
+  constexpr int kForkers = 4, kForksEach = 250;
+  std::atomic<int> failures{0}, forks{0};
+  std::vector<std::thread> forkers;
+  for (int f = 0; f < kForkers; ++f) {
+    forkers.emplace_back([&] {
+      for (int round = 0; round < kForksEach && failures.load() == 0; ++round) {
+        pid_t pid = fork();
+        if (pid == 0) child_allocates_and_exits();
+        int status = 0;
+        // One stuck child is enough; the rest would each wait for their alarm.
+        if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failures;
+        else ++forks;
       }
-      void* big = realloc(malloc(100), 2 << 20);
-      for (void* p : blocks) free(p);
-      free(big);
-      _exit(0);
-    }
-    int status = 0;
-    REQUIRE(waitpid(pid, &status, 0) == pid);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      ++failures;
-      break;  // one stuck child is enough; the rest would each wait for their alarm
-    }
+    });
   }
+  for (auto& th : forkers) th.join();
   stop = true;
   for (auto& th : threads) th.join();
-  REQUIRE(failures == 0);
+  REQUIRE(failures.load() == 0);
+  REQUIRE(forks.load() == kForkers * kForksEach);
 }
 
 TEST_CASE("a forked child can run exit() with its atexit handlers and destructors") {

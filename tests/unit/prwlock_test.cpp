@@ -157,7 +157,9 @@ TEST_CASE("prwlock stress: readers never see what a writer replaced", "[sync][st
   });
   uint64_t writes = 0;
   auto start = std::chrono::steady_clock::now();
-  while (seconds_since(start) < 1.0) {
+  // At least a second, and on until both sides have done enough, however slowly a loaded
+  // machine (or a sanitizer) lets them run.
+  while (seconds_since(start) < 1.0 || ((writes <= 100 || readers.reads() <= 1000) && seconds_since(start) < 60.0)) {
     g_lock.write_lock();
     Object* old = current.load(std::memory_order_relaxed);
     Object* next = old == &objects[0] ? &objects[1] : &objects[0];

@@ -174,7 +174,9 @@ TEST_CASE("RCU stress: readers never see an object reclaimed under them", "[sync
   };
   uint64_t updates = 0;
   auto start = std::chrono::steady_clock::now();
-  while (seconds_since(start) < 1.0) {
+  // At least a second, and on until both sides have done enough, however slowly a loaded
+  // machine (or a sanitizer) lets them run.
+  while (seconds_since(start) < 1.0 || ((updates <= 100 || readers.reads() <= 1000) && seconds_since(start) < 60.0)) {
     if (free_list == nullptr) rcu_barrier();
     Object* next = take();
     next->make_live(++updates);
