@@ -9,19 +9,26 @@
 
 #include <stddef.h>
 
+/* The functions never throw; C++ callers may rely on it. */
+#ifdef __cplusplus
+#define FASTMALLOC_NOEXCEPT noexcept
+#else
+#define FASTMALLOC_NOEXCEPT
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 /* Prints the allocator's statistics to stderr, one "fastmalloc: ..." line per level: the same
  * text as malloc_stats() and as FASTMALLOC_STATS=1 at exit. Safe to call from any thread. */
-void fastmalloc_stats_print(void);
+void fastmalloc_stats_print(void) FASTMALLOC_NOEXCEPT;
 
 /* Gives back to the OS all the memory it can now, as malloc_trim(0) does: empties the per-CPU
  * caches of every CPU (where membarrier allows; otherwise the caller's), the transfer caches
  * and the central lists' empty spans, and releases every free page. Returns the bytes of pages
  * newly released. Free pages also go back by themselves after FASTMALLOC_DECAY. */
-size_t fastmalloc_release_memory(void);
+size_t fastmalloc_release_memory(void) FASTMALLOC_NOEXCEPT;
 
 /* Reads one of the allocator's numbers into *value. Returns 0, or EINVAL for an unknown name.
  * Values are read without stopping other threads (so sums may be off by what moved meanwhile);
@@ -44,7 +51,7 @@ size_t fastmalloc_release_memory(void);
  *                           count (preemption, a signal) counts twice. Hits are counted only
  *                           when FASTMALLOC_STATS=1 (the counter would cost the fast path
  *                           about 7%); otherwise they read 0. */
-int fastmalloc_get_property(const char* name, size_t* value);
+int fastmalloc_get_property(const char* name, size_t* value) FASTMALLOC_NOEXCEPT;
 
 #ifdef __cplusplus
 }

@@ -26,7 +26,8 @@ if [ "${1:-}" = "--sanitize" ]; then
   exit 0
 fi
 
-ensure_packages cmake g++ make catch2 libhwloc-dev pkg-config python3 sqlite3 git perl
+ensure_packages cmake g++ make catch2 libhwloc-dev pkg-config python3 sqlite3 git perl \
+  clang libclang-rt-14-dev
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)"

@@ -7,7 +7,8 @@
 #         own         glibc's rseq tuned off: ours      -> rseq-mmcid (rseq-cpu without mm_cid)
 #         off         FASTMALLOC_RSEQ=0                 -> fallback
 #         seccomp     rseq refused with EPERM           -> fallback
-#         enosys      rseq refused with ENOSYS          -> fallback
+#         enosys      rseq, membarrier and madvise
+#                     refused with ENOSYS               -> fallback
 #         nomembarrier rseq allowed, membarrier refused -> rseq-* (no remote drains)
 #         nomadvise   madvise refused: free pages stay   -> rseq-*
 #         harden      FASTMALLOC_HARDEN=1               -> rseq-*
@@ -24,7 +25,7 @@ case $mode in
   own) expect=$rseq_mode; env_vars=(GLIBC_TUNABLES=glibc.pthread.rseq=0) ;;
   off) expect=fallback; env_vars=(FASTMALLOC_RSEQ=0) ;;
   seccomp) expect=fallback; prefix=("$deny" rseq --) ;;
-  enosys) expect=fallback; prefix=("$deny" --errno ENOSYS rseq --) ;;
+  enosys) expect=fallback; prefix=("$deny" --errno ENOSYS rseq,membarrier,madvise --); env_vars=(FM_TEST_NO_MADVISE=1) ;;
   nomembarrier) expect=$rseq_mode; prefix=("$deny" membarrier --) ;;
   nomadvise) expect=$rseq_mode; prefix=("$deny" madvise --); env_vars=(FM_TEST_NO_MADVISE=1) ;;
   harden) expect=$rseq_mode; env_vars=(FASTMALLOC_HARDEN=1) ;;
