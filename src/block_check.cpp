@@ -11,7 +11,6 @@ namespace fastmalloc {
 // Before prepare_block_checks() (and in the unit tests, which never call it) the signature is
 // this constant: any value works as long as it does not change while blocks carry it.
 constinit uint64_t g_free_signature = 0xa5c3'96e1'0f2d'b47bu;
-constinit size_t g_inline_size_bound = 0;
 constinit bool g_hardened = false;
 
 namespace {
@@ -38,7 +37,6 @@ void prepare_block_checks() {
   // No block has been handed out yet: every allocating path calls this first.
   __atomic_store_n(&g_free_signature, make_secret(), __ATOMIC_RELAXED);
   g_hardened = options().harden;
-  __atomic_store_n(&g_inline_size_bound, g_hardened ? size_t{0} : kMaxSmallSize + 1, __ATOMIC_RELEASE);
   g_prepared.store(true, std::memory_order_release);
 }
 

@@ -19,7 +19,7 @@
 //   - one bit per object in its span (ObjectBits), set when the block is handed out and cleared
 //     when it is freed: a double free is reported by the second free() itself, and so is a
 //     free of a slot never handed out;
-//   - an 8-byte canary after every small block (the block is carved from the class for size + 8),
+//   - an 8-byte canary after every small block (the block is carved from the next class up),
 //     checked on free: a write past the end of the block is reported.
 // Large blocks are their own mappings; their double free is caught in every mode (the span is
 // gone), an overflow past them is not.
@@ -64,25 +64,20 @@ bool decode_link(const void* block, uintptr_t span_start, unsigned cls, void** n
 // Free in the eyes of a check that reads the block anyway (realloc, malloc_usable_size).
 FM_ALWAYS_INLINE bool looks_free(const void* block) { return has_free_signature(block) || is_link(block); }
 
-// FASTMALLOC_HARDEN. Until prepare_block_checks() has run, and whenever hardening is on,
-// g_inline_size_bound is 0, so every allocation goes to the front end's slow path.
-extern size_t g_inline_size_bound;
+// FASTMALLOC_HARDEN, read once by prepare_block_checks().
 extern bool g_hardened;
 
-// Reads the options and fixes the signature, once; every allocating path calls it before it
-// hands out its first block. Does not allocate.
+// Reads the options and fixes the signature, once; the allocation slow paths call it before the
+// first block is handed out (every first allocation misses: the per-CPU caches start empty).
+// Does not allocate.
 void prepare_block_checks();
 
+// Hardened mode carves each request from the class above the one its size picks: consecutive
+// classes differ by at least 8 bytes, so the canary always fits after the request, and the inline
+// path, which picks the class from the size, needs no test for the mode.
 inline constexpr size_t kCanaryBytes = 8;
+static_assert(size_class_detail::size_of_class(2) - size_class_detail::size_of_class(1) >= kCanaryBytes);
 FM_ALWAYS_INLINE size_t canary_bytes() { return g_hardened ? kCanaryBytes : 0; }
-// The bytes a request of `size` takes from a size class: in hardened mode the canary's too, and
-// at least 16, so that the canary never shares the first word with the free signature.
-// Saturates instead of wrapping.
-FM_ALWAYS_INLINE size_t class_bytes_for(size_t size) {
-  if (!g_hardened) return size;
-  if (size > SIZE_MAX - kCanaryBytes) return SIZE_MAX;
-  return size < kCanaryBytes ? 2 * kCanaryBytes : size + kCanaryBytes;
-}
 FM_ALWAYS_INLINE uint64_t canary_for(const void* block) {
   return (free_signature() * 0x9e3779b97f4a7c15u) ^ reinterpret_cast<uintptr_t>(block);
 }

@@ -127,13 +127,6 @@ void* out_of_memory() {
   return nullptr;
 }
 
-void* allocate_slow(size_t size) {
-  prepare_block_checks();
-  size_t needed = class_bytes_for(size);
-  if (needed <= kMaxSmallSize) return allocate_small(size_to_class(needed));
-  return allocate_large(size, 0);
-}
-
 void* allocate_large(size_t size, size_t align) {
   // Refuse what no process could map before asking: sizes above PTRDIFF_MAX are never valid.
   if (size > static_cast<size_t>(PTRDIFF_MAX)) return out_of_memory();
@@ -145,10 +138,21 @@ void* allocate_large(size_t size, size_t align) {
 
 void* allocate_small_miss(unsigned cls) {
   prepare_block_checks();
+  if (g_hardened) return allocate_hardened(cls + 1);
   void* p = cache_refill_pop(cls);
   if (FM_UNLIKELY(p == nullptr)) return out_of_memory();
   if (FM_UNLIKELY(!has_free_signature(p))) report_reused_block(p);
-  if (g_hardened) harden_handed_out(p, cls);
+  mark_handed_out(p);
+  return p;
+}
+
+void* allocate_hardened(unsigned cls) {
+  // Past the largest class: a large block holds any small request and its canary's room.
+  if (cls >= kNumClasses) return allocate_large(kMaxSmallSize, 0);
+  void* p = cache_refill_pop(cls);
+  if (FM_UNLIKELY(p == nullptr)) return out_of_memory();
+  if (FM_UNLIKELY(!has_free_signature(p))) report_reused_block(p);
+  harden_handed_out(p, cls);
   mark_handed_out(p);
   return p;
 }
@@ -183,11 +187,11 @@ void deallocate_slow(void* p, const char* call) {
 void deallocate_sized_slow(void* p, size_t size, const char* call) {
   if (p == nullptr) return;
   Span* span = span_of(p, call);
-  size_t needed = class_bytes_for(size);
-  bool small = needed <= kMaxSmallSize;
+  bool small = size <= kMaxSmallSize;
+  unsigned cls = small ? size_to_class(size) + (g_hardened ? 1 : 0) : kNumClasses;
   bool matches = span->state == SpanState::kSmall
-                     ? small && size_to_class(needed) == span->size_class
-                     : !small && round_up(size, os::hardware_page_size()) == span->bytes;
+                     ? cls == span->size_class
+                     : cls >= kNumClasses && round_up(small ? kMaxSmallSize : size, os::hardware_page_size()) == span->bytes;
   if (!matches) os::fatal_misuse(call, p, "sized delete with a size the block was not allocated with");
   deallocate_slow(p, call);
 }
@@ -224,13 +228,13 @@ void* allocate_zeroed(size_t count, size_t size) {
 void* allocate_aligned(size_t align, size_t size) {
   if (align <= 8 || (align == 16 && size >= 16)) return allocate(size);
   prepare_block_checks();
-  size_t needed = class_bytes_for(size);
+  size_t needed = size <= kMaxSmallSize ? size + canary_bytes() : size;
   if (needed <= kMaxSmallSize && align <= kPageSize) {
     // A class whose size is a multiple of `align` has every object aligned, since spans start on
     // a page boundary. Every power of two is a class, so at most a few classes are skipped.
     size_t wanted = needed > align ? needed : align;
     for (unsigned cls = size_to_class(wanted); cls < kNumClasses; ++cls)
-      if (size_class(cls).size % align == 0) return allocate_small(cls);
+      if (size_class(cls).size % align == 0) return g_hardened ? detail::allocate_hardened(cls) : allocate_small(cls);
   }
   return allocate_large(size == 0 ? 1 : size, align);
 }
@@ -244,10 +248,9 @@ void* reallocate(void* p, size_t size, const char* call) {
     deallocate(p, call);
     return nullptr;
   }
-  size_t needed = class_bytes_for(size);
-  bool small = needed <= kMaxSmallSize;
+  bool small = size <= kMaxSmallSize;
   if (span->state == SpanState::kSmall) {
-    if (small && size_to_class(needed) == span->size_class) return p;
+    if (small && size_to_class(size) + (g_hardened ? 1 : 0) == span->size_class) return p;
   } else if (!small) {
     if (!g_page_heap.remap_large(span, size)) return out_of_memory();
     return reinterpret_cast<void*>(span->start);

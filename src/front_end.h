@@ -8,12 +8,12 @@
 //
 // CALL TREE
 //   allocate(size)
-//     size < g_inline_size_bound: allocate_small(class)
+//     size <= kMaxSmallSize: allocate_small(class)
 //        fast: cache_pop (rseq pop on this CPU's slab), check and clear the free signature
-//        miss: allocate_small_miss -> cache_refill_pop -> TransferCache::remove
+//        miss: allocate_small_miss (FASTMALLOC_HARDEN: the next class up, checked)
+//                -> cache_refill_pop -> TransferCache::remove
 //                -> CentralFreeList::allocate_batch -> PageHeap::allocate
-//     otherwise (the first call, FASTMALLOC_HARDEN, large blocks): allocate_slow
-//        large: allocate_large -> PageHeap::map_large (its own mapping)
+//     otherwise: allocate_large -> PageHeap::map_large (its own mapping)
 //   deallocate(p)
 //     span-map entry of p's page (no lock) -> class, offset in span -> p starts an object?
 //     small: deallocate_small(class, p)
@@ -41,11 +41,11 @@ namespace fastmalloc {
 
 namespace detail {
 FM_NOINLINE void* out_of_memory();
-// Everything allocate() does not serve inline: the first call (which prepares the block
-// checks), hardened mode, and large blocks.
-FM_NOINLINE void* allocate_slow(size_t size);
 FM_NOINLINE void* allocate_large(size_t size, size_t align);
 FM_NOINLINE void* allocate_small_miss(unsigned cls);
+// FASTMALLOC_HARDEN: a block of class `cls` (kNumClasses: a large block of kMaxSmallSize),
+// checked and given its canary.
+FM_NOINLINE void* allocate_hardened(unsigned cls);
 FM_NOINLINE void deallocate_small_miss(unsigned cls, void* p, const char* call);
 [[noreturn]] FM_NOINLINE void report_invalid(const char* call, const void* p);
 [[noreturn]] FM_NOINLINE void report_double_free(const char* call, const void* p);
@@ -97,12 +97,9 @@ FM_ALWAYS_INLINE Span* span_of(const void* p, const char* call) {
   detail::report_invalid(call, p);
 }
 
-// g_inline_size_bound is kMaxSmallSize + 1 once the block checks are prepared, and 0 before that
-// and in hardened mode, which both need the slow path (for every size, 0 included): the bound
-// costs no extra test.
 FM_ALWAYS_INLINE void* allocate(size_t size) {
-  if (FM_LIKELY(size < __atomic_load_n(&g_inline_size_bound, __ATOMIC_RELAXED))) return allocate_small(size_to_class(size));
-  return detail::allocate_slow(size);
+  if (FM_LIKELY(size <= kMaxSmallSize)) return allocate_small(size_to_class(size));
+  return detail::allocate_large(size, 0);
 }
 
 // Free reads only the span-map entry of p's page: a small span's entry carries the class and
@@ -129,7 +126,7 @@ FM_ALWAYS_INLINE void deallocate_sized(void* p, size_t size, const char* call) {
   uintptr_t entry = g_span_map.lookup_entry(addr);
   map_lock.read_unlock(section);
   unsigned cls = SpanMap::entry_class(entry);
-  if (FM_LIKELY(cls != 0 && size < __atomic_load_n(&g_inline_size_bound, __ATOMIC_RELAXED) && size_to_class(size) == cls &&
+  if (FM_LIKELY(cls != 0 && size <= kMaxSmallSize && size_to_class(size) == cls &&
                 is_object_boundary(cls, SpanMap::entry_offset(entry, addr))))
     return deallocate_small(cls, p, call);
   detail::deallocate_sized_slow(p, size, call);
