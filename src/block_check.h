@@ -9,7 +9,7 @@
 // of the next free object), so a copy that reaches the list when the other is already there is
 // caught on the push, and a link overwritten after free is caught on the pop instead of being
 // followed. The cost is one store in free() and a load and compare in malloc(), on a block that
-// was just freed or is about to be used (about 4% on the single-thread benchmarks, see
+// was just freed or is about to be used (2-5% on the single-thread benchmarks, see
 // bench/RESULTS.md). What it cannot see: a double free whose second free comes after the block
 // was handed out again (it then frees the new owner's block, as in every allocator), and a free
 // of an object slot that was never handed out.
