@@ -59,12 +59,21 @@ void* CentralFreeList::pop(Span* span) {
   return object;
 }
 
+// Carving writes each new object's first word (its free signature), which makes its page
+// resident: a batch carves at most a page's worth beyond its first object, so the objects of
+// large classes that wait in a cache do not each hold a page the program has not used yet.
 int CentralFreeList::allocate_batch(void** out, int n) {
   LockGuard guard(lock_);
+  const size_t object_bytes = size_class(size_class_).size;
+  size_t carved_bytes = 0;
   int got = 0;
   while (got < n) {
     Span* span = nonempty_.first();
     if (span == nullptr && (span = new_span()) == nullptr) break;
+    if (span->free_objects == nullptr) {
+      if (got > 0 && carved_bytes >= kPageSize) break;
+      carved_bytes += object_bytes;
+    }
     out[got++] = pop(span);
   }
   store(live_, load(live_) + static_cast<uint64_t>(got));
