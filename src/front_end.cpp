@@ -92,9 +92,7 @@ void harden_handed_out(void* p, unsigned cls) {
 void harden_freed(void* p, unsigned cls, const char* call) {
   uintptr_t addr = reinterpret_cast<uintptr_t>(p);
   sync::rcu_read_lock();
-  sync::Prwlock::ReadSection section = g_span_map.structure_lock().read_lock();
-  Span* span = g_span_map.lookup(addr);
-  g_span_map.structure_lock().read_unlock(section);
+  Span* span = lookup_span_in_rcu(addr);
   bool was_live = false;
   if (span != nullptr && span->state == SpanState::kSmall && span->size_class == cls && span->contains(addr) &&
       span->object_bits != nullptr) {

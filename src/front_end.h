@@ -75,16 +75,23 @@ FM_ALWAYS_INLINE void deallocate_small(unsigned cls, void* p, const char* call) 
   detail::deallocate_small_miss(cls, p, call);
 }
 
-// The span that owns block p, or a report naming `call`. Ensures p is the start of a block that
-// is live as far as can be seen without the owner's lock (the central list checks again).
+// The descriptor of the span holding addr, or nullptr; the caller is inside rcu_read_lock.
 // The leaf is read under the span map's read side, the descriptor under RCU, so neither can be
-// reused while it is checked (a descriptor is retired through call_rcu).
-FM_ALWAYS_INLINE Span* span_of(const void* p, const char* call) {
-  uintptr_t addr = reinterpret_cast<uintptr_t>(p);
-  sync::rcu_read_lock();
+// reused while it is looked at (a descriptor is retired through call_rcu).
+FM_ALWAYS_INLINE Span* lookup_span_in_rcu(uintptr_t addr) {
   sync::Prwlock::ReadSection section = g_span_map.structure_lock().read_lock();
   Span* span = g_span_map.lookup(addr);
   g_span_map.structure_lock().read_unlock(section);
+  return span;
+}
+
+// The span that owns block p, or a report naming `call`. Ensures p is the start of a block that
+// is live as far as can be seen without the owner's lock (the central list checks again).
+
+FM_ALWAYS_INLINE Span* span_of(const void* p, const char* call) {
+  uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  sync::rcu_read_lock();
+  Span* span = lookup_span_in_rcu(addr);
   bool valid = false;
   if (FM_LIKELY(span != nullptr)) {
     if (span->state == SpanState::kSmall)

@@ -17,28 +17,11 @@
 #include <unistd.h>
 #include <vector>
 
+#include "tool_support.h"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-long rss_kib() {
-  FILE* f = fopen("/proc/self/statm", "r");
-  if (f == nullptr) return -1;
-  long pages_total = 0, pages_resident = 0;
-  int n = fscanf(f, "%ld %ld", &pages_total, &pages_resident);
-  fclose(f);
-  return n == 2 ? pages_resident * (sysconf(_SC_PAGESIZE) / 1024) : -1;
-}
-
-struct Rng {
-  uint64_t state;
-  uint64_t next() {
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    return state;
-  }
-};
 
 // Four in five blocks 16 B to 1 KiB, the rest 1 KiB to 32 KiB.
 size_t block_size(Rng& rng) {

@@ -23,28 +23,11 @@
 #include <unistd.h>
 #include <vector>
 
+#include "tool_support.h"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-long rss_kib() {
-  FILE* f = fopen("/proc/self/statm", "r");
-  if (f == nullptr) return -1;
-  long total = 0, resident = 0;
-  int n = fscanf(f, "%ld %ld", &total, &resident);
-  fclose(f);
-  return n == 2 ? resident * (sysconf(_SC_PAGESIZE) / 1024) : -1;
-}
-
-struct Rng {
-  uint64_t state;
-  uint64_t next() {
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    return state;
-  }
-};
 
 // The block's size and tag in its first 16 bytes, then a pattern of both (blocks are at least
 // 16 bytes).
