@@ -275,17 +275,18 @@ void* refill_pop(const Slab& slab, unsigned cls) {
 }
 
 // The same for a push: when the slab is full, a batch of its objects goes, with p, to the
-// transfer cache.
+// transfer cache. Returns whether it did.
 template <class Slab>
-void overflow_push(const Slab& slab, unsigned cls, void* p) {
-  if (slab.push(cls, p)) return;
+bool overflow_push(const Slab& slab, unsigned cls, void* p) {
+  if (slab.push(cls, p)) return false;
   count(g_free_misses, 1);
   slab.note_miss(cls, false);
-  if (slab.push(cls, p)) return;  // the class grew
+  if (slab.push(cls, p)) return false;  // the class grew
   void* batch[kMaxBatch + 1];
   int n = slab.pop_batch(cls, batch, batch_size(cls));
   batch[n++] = p;
   transfer_cache(cls).insert(batch, n);
+  return true;
 }
 
 // Locked mode: the slab of the CPU we are on now, under its lock.
@@ -445,7 +446,29 @@ void periodic_work() {
 
 }  // namespace
 
+namespace {
+
+// Where the inline paths are off (statistics, hardened mode, locked mode) every call comes here,
+// and most of them find their object in the slab: they return before the periodic work, as
+// inline hits do.
+bool slab_hit_pop(unsigned cls, void** out) {
+  if (capacity_of(cls) == 0 || !is_set_up()) return false;
+  if (g_mode == CacheMode::kLocked) {
+    uint32_t index = locked_slab_index();
+    LockGuard guard(g_control[index].lock);
+    return OwnedSlab{slab(index), index}.pop(cls, out);
+  }
+  uint32_t index = rseq_index();
+  if (index == kNoSlab) return false;
+  ensure_slab(index);
+  return RseqSlab{index}.pop(cls, out);
+}
+
+}  // namespace
+
 void* cache_refill_pop(unsigned cls) {
+  void* hit;
+  if (slab_hit_pop(cls, &hit)) return hit;
   periodic_work();
   if (capacity_of(cls) == 0) return take_from_central(cls);
   if (FM_UNLIKELY(!is_set_up())) {
@@ -465,11 +488,18 @@ void* cache_refill_pop(unsigned cls) {
 
 namespace {
 
-void overflow_to_lower_levels(unsigned cls, void* p) {
-  if (capacity_of(cls) == 0) return central_list(cls).deallocate_batch(&p, 1);
+// Returns whether p, or objects it displaced, went below the slab.
+bool overflow_to_lower_levels(unsigned cls, void* p) {
+  if (capacity_of(cls) == 0) {
+    central_list(cls).deallocate_batch(&p, 1);
+    return true;
+  }
   if (FM_UNLIKELY(!is_set_up())) {
     setup();
-    if (!is_set_up()) return transfer_cache(cls).insert(&p, 1);
+    if (!is_set_up()) {
+      transfer_cache(cls).insert(&p, 1);
+      return true;
+    }
   }
   if (g_mode == CacheMode::kLocked) {
     uint32_t index = locked_slab_index();
@@ -477,15 +507,19 @@ void overflow_to_lower_levels(unsigned cls, void* p) {
     return overflow_push(OwnedSlab{slab(index), index}, cls, p);
   }
   uint32_t index = rseq_index();
-  if (index == kNoSlab) return transfer_cache(cls).insert(&p, 1);
+  if (index == kNoSlab) {
+    transfer_cache(cls).insert(&p, 1);
+    return true;
+  }
   ensure_slab(index);
-  overflow_push(RseqSlab{index}, cls, p);
+  return overflow_push(RseqSlab{index}, cls, p);
 }
 
 }  // namespace
 
 void cache_overflow_push(unsigned cls, void* p) {
-  overflow_to_lower_levels(cls, p);
+  // A push the slab took is a hit (see slab_hit_pop): no periodic work.
+  if (!overflow_to_lower_levels(cls, p)) return;
   // Frees that reach the central lists may have emptied spans and retired their descriptors.
   sync::rcu_poll();
   periodic_work();
