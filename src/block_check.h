@@ -25,7 +25,6 @@
 // gone), an overflow past them is not.
 #pragma once
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 

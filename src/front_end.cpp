@@ -164,10 +164,6 @@ void report_invalid(const char* call, const void* p) {
   os::fatal_misuse(call, p, "invalid pointer (not a block fastmalloc handed out, or already freed)");
 }
 
-void report_double_free(const char* call, const void* p) {
-  os::fatal_misuse(call, p, "double free (the block is already free)");
-}
-
 void report_reused_block(const void* p) {
   os::fatal_misuse("malloc", p, "a free block lost its free signature: it was freed twice, or written after free");
 }

@@ -48,7 +48,6 @@ FM_NOINLINE void* allocate_small_miss(unsigned cls);
 FM_NOINLINE void* allocate_hardened(unsigned cls);
 FM_NOINLINE void deallocate_small_miss(unsigned cls, void* p, const char* call);
 [[noreturn]] FM_NOINLINE void report_invalid(const char* call, const void* p);
-[[noreturn]] FM_NOINLINE void report_double_free(const char* call, const void* p);
 // A block about to be handed out has lost its free signature.
 [[noreturn]] FM_NOINLINE void report_reused_block(const void* p);
 // free() of anything but a valid small block: null, a large block, or misuse.
@@ -87,7 +86,6 @@ FM_ALWAYS_INLINE Span* lookup_span_in_rcu(uintptr_t addr) {
 
 // The span that owns block p, or a report naming `call`. Ensures p is the start of a block that
 // is live as far as can be seen without the owner's lock (the central list checks again).
-
 FM_ALWAYS_INLINE Span* span_of(const void* p, const char* call) {
   uintptr_t addr = reinterpret_cast<uintptr_t>(p);
   sync::rcu_read_lock();
@@ -109,15 +107,21 @@ FM_ALWAYS_INLINE void* allocate(size_t size) {
   return detail::allocate_large(size, 0);
 }
 
+// The span-map entry of addr's page (0 where there is none).
+FM_ALWAYS_INLINE uintptr_t span_map_entry(uintptr_t addr) {
+  sync::Prwlock& map_lock = g_span_map.structure_lock();
+  sync::Prwlock::ReadSection section = map_lock.read_lock();  // the leaf stays mapped while we read it
+  uintptr_t entry = g_span_map.lookup_entry(addr);
+  map_lock.read_unlock(section);
+  return entry;
+}
+
 // Free reads only the span-map entry of p's page: a small span's entry carries the class and
 // the page's place in the span, enough to check that p starts an object. Anything else (null,
 // large blocks, pointers that fail the check) goes to the slow path, which reads the span.
 FM_ALWAYS_INLINE void deallocate(void* p, const char* call) {
   uintptr_t addr = reinterpret_cast<uintptr_t>(p);
-  sync::Prwlock& map_lock = g_span_map.structure_lock();
-  sync::Prwlock::ReadSection section = map_lock.read_lock();  // the leaf stays mapped while we read it
-  uintptr_t entry = g_span_map.lookup_entry(addr);
-  map_lock.read_unlock(section);
+  uintptr_t entry = span_map_entry(addr);
   unsigned cls = SpanMap::entry_class(entry);
   if (FM_LIKELY(cls != 0 && is_object_boundary(cls, SpanMap::entry_offset(entry, addr))))
     return deallocate_small(cls, p, call);
@@ -128,10 +132,7 @@ FM_ALWAYS_INLINE void deallocate(void* p, const char* call) {
 // class of `size`); a mismatch is reported by the slow path, which also serves hardened mode.
 FM_ALWAYS_INLINE void deallocate_sized(void* p, size_t size, const char* call) {
   uintptr_t addr = reinterpret_cast<uintptr_t>(p);
-  sync::Prwlock& map_lock = g_span_map.structure_lock();
-  sync::Prwlock::ReadSection section = map_lock.read_lock();
-  uintptr_t entry = g_span_map.lookup_entry(addr);
-  map_lock.read_unlock(section);
+  uintptr_t entry = span_map_entry(addr);
   unsigned cls = SpanMap::entry_class(entry);
   if (FM_LIKELY(cls != 0 && size <= kMaxSmallSize && size_to_class(size) == cls &&
                 is_object_boundary(cls, SpanMap::entry_offset(entry, addr))))
