@@ -23,6 +23,13 @@ Span* take(PageHeap& heap, size_t pages) {
   REQUIRE(s->state == SpanState::kSmall);
   return s;
 }
+
+// The same, with every byte written (not zero), so its pages are resident until released.
+Span* take_resident(PageHeap& heap, size_t pages) {
+  Span* s = take(heap, pages);
+  memset(reinterpret_cast<void*>(s->start), 0x5a, s->bytes);
+  return s;
+}
 }  // namespace
 
 TEST_CASE("page heap hands out spans recorded on every page") {
@@ -89,8 +96,7 @@ TEST_CASE("page heap grows for requests larger than a chunk") {
 TEST_CASE("page heap releases free pages to the OS and counts them") {
   static SpanMap map;
   static PageHeap heap(map);
-  Span* s = take(heap, 8);
-  memset(reinterpret_cast<void*>(s->start), 0x5a, s->bytes);
+  Span* s = take_resident(heap, 8);
   heap.deallocate(s);
   size_t released = heap.release_free_pages();
   REQUIRE(released == heap.stats().free_bytes);
@@ -169,8 +175,7 @@ TEST_CASE("free pages go back to the OS once they have been free for the decay t
   static SpanMap map;
   static PageHeap heap(map);
   heap.set_decay_ms(100);
-  Span* s = take(heap, 8);
-  memset(reinterpret_cast<void*>(s->start), 0x5a, s->bytes);
+  Span* s = take_resident(heap, 8);
   heap.deallocate(s);
   size_t resident = heap.stats().free_bytes - heap.stats().released_bytes;
   REQUIRE(resident >= 8 * kPageSize);  // kept for reuse at first
@@ -185,8 +190,7 @@ TEST_CASE("with a decay time of 0, freed pages go back at once") {
   static SpanMap map;
   static PageHeap heap(map);
   heap.set_decay_ms(0);
-  Span* s = take(heap, 8);
-  memset(reinterpret_cast<void*>(s->start), 0x5a, s->bytes);
+  Span* s = take_resident(heap, 8);
   heap.deallocate(s);
   REQUIRE(heap.stats().released_bytes == heap.stats().free_bytes);
 }
@@ -201,10 +205,7 @@ TEST_CASE("free pages beyond the cap go back once a quarter of the decay time ol
   static Span* kept[kSpans];
   static Span* freed[kSpans + 1];
   for (Span*& s : kept) s = take(heap, kPages);
-  for (Span*& s : freed) {
-    s = take(heap, kPages);
-    memset(reinterpret_cast<void*>(s->start), 1, s->bytes);
-  }
+  for (Span*& s : freed) s = take_resident(heap, kPages);
   for (size_t i = 0; i < kSpans; ++i) heap.deallocate(freed[i]);
   PageHeapStats young = heap.stats();
   INFO("just freed: free " << young.free_bytes << " released " << young.released_bytes);
@@ -223,10 +224,7 @@ TEST_CASE("a heap that has halved gives its free pages back at once") {
   heap.set_decay_ms(3'600'000);
   constexpr size_t kSpans = 80, kPages = 64;  // 40 MiB, all freed
   static Span* spans[kSpans];
-  for (Span*& s : spans) {
-    s = take(heap, kPages);
-    memset(reinterpret_cast<void*>(s->start), 1, s->bytes);
-  }
+  for (Span*& s : spans) s = take_resident(heap, kPages);
   for (Span* s : spans) heap.deallocate(s);
   PageHeapStats st = heap.stats();
   INFO("free " << st.free_bytes << " released " << st.released_bytes);
