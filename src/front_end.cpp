@@ -105,6 +105,12 @@ void harden_freed(void* p, unsigned cls, const char* call) {
     os::fatal_misuse(call, p, "heap overflow: the bytes just past the end of the block were overwritten");
 }
 
+// The class a request of `size` is carved from: its own, or in hardened mode the next one up
+// (kNumClasses and above: a large block).
+unsigned carved_class(size_t size) {
+  return size <= kMaxSmallSize ? size_to_class(size) + (g_hardened ? 1 : 0) : kNumClasses;
+}
+
 // realloc and malloc_usable_size of a small block that is not live.
 void check_live(const Span* span, const void* p, const char* call) {
   if (span->state != SpanState::kSmall) return;
@@ -134,9 +140,8 @@ void* allocate_large(size_t size, size_t align) {
   return reinterpret_cast<void*>(span->start);
 }
 
-void* allocate_small_miss(unsigned cls) {
-  prepare_block_checks();
-  if (g_hardened) return allocate_hardened(cls + 1);
+// A block of class `cls` from the slow path, with the checks the inline path makes.
+void* refill_and_hand_out(unsigned cls) {
   void* p = cache_refill_pop(cls);
   if (FM_UNLIKELY(p == nullptr)) return out_of_memory();
   if (FM_UNLIKELY(!has_free_signature(p))) report_reused_block(p);
@@ -144,14 +149,17 @@ void* allocate_small_miss(unsigned cls) {
   return p;
 }
 
+void* allocate_small_miss(unsigned cls) {
+  prepare_block_checks();
+  if (g_hardened) return allocate_hardened(cls + 1);
+  return refill_and_hand_out(cls);
+}
+
 void* allocate_hardened(unsigned cls) {
   // Past the largest class: a large block holds any small request and its canary's room.
   if (cls >= kNumClasses) return allocate_large(kMaxSmallSize, 0);
-  void* p = cache_refill_pop(cls);
-  if (FM_UNLIKELY(p == nullptr)) return out_of_memory();
-  if (FM_UNLIKELY(!has_free_signature(p))) report_reused_block(p);
-  harden_handed_out(p, cls);
-  mark_handed_out(p);
+  void* p = refill_and_hand_out(cls);
+  if (p != nullptr) harden_handed_out(p, cls);
   return p;
 }
 
@@ -182,7 +190,7 @@ void deallocate_sized_slow(void* p, size_t size, const char* call) {
   if (p == nullptr) return;
   Span* span = span_of(p, call);
   bool small = size <= kMaxSmallSize;
-  unsigned cls = small ? size_to_class(size) + (g_hardened ? 1 : 0) : kNumClasses;
+  unsigned cls = carved_class(size);
   bool matches = span->state == SpanState::kSmall
                      ? cls == span->size_class
                      : cls >= kNumClasses && round_up(small ? kMaxSmallSize : size, os::hardware_page_size()) == span->bytes;
@@ -242,10 +250,9 @@ void* reallocate(void* p, size_t size, const char* call) {
     deallocate(p, call);
     return nullptr;
   }
-  bool small = size <= kMaxSmallSize;
   if (span->state == SpanState::kSmall) {
-    if (small && size_to_class(size) + (g_hardened ? 1 : 0) == span->size_class) return p;
-  } else if (!small) {
+    if (carved_class(size) == span->size_class) return p;
+  } else if (size > kMaxSmallSize) {
     if (!g_page_heap.remap_large(span, size)) return out_of_memory();
     return reinterpret_cast<void*>(span->start);
   }
