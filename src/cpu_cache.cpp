@@ -444,24 +444,44 @@ void periodic_work() {
   for (unsigned cls = 1; cls < kNumClasses; ++cls) transfer_cache(cls).release_idle();
 }
 
-}  // namespace
-
-namespace {
+// Runs op(slab) on the calling thread's slab, owned the way the mode requires: under its lock
+// in locked mode, through rseq sections otherwise; no_slab() where the thread has no rseq index.
+template <class Op, class NoSlab>
+auto on_current_slab(Op op, NoSlab no_slab) {
+  if (g_mode == CacheMode::kLocked) {
+    uint32_t index = locked_slab_index();
+    LockGuard guard(g_control[index].lock);
+    return op(OwnedSlab{slab(index), index});
+  }
+  uint32_t index = rseq_index();
+  if (index == kNoSlab) return no_slab();
+  ensure_slab(index);
+  return op(RseqSlab{index});
+}
 
 // Where the inline paths are off (statistics, hardened mode, locked mode) every call comes here,
 // and most of them find their object in the slab: they return before the periodic work, as
 // inline hits do.
 bool slab_hit_pop(unsigned cls, void** out) {
   if (capacity_of(cls) == 0 || !is_set_up()) return false;
-  if (g_mode == CacheMode::kLocked) {
-    uint32_t index = locked_slab_index();
-    LockGuard guard(g_control[index].lock);
-    return OwnedSlab{slab(index), index}.pop(cls, out);
+  return on_current_slab([&](const auto& s) { return s.pop(cls, out); }, [] { return false; });
+}
+
+// Returns whether p, or objects it displaced, went below the slab.
+bool overflow_to_lower_levels(unsigned cls, void* p) {
+  auto to_transfer_cache = [&] {
+    transfer_cache(cls).insert(&p, 1);
+    return true;
+  };
+  if (capacity_of(cls) == 0) {
+    central_list(cls).deallocate_batch(&p, 1);
+    return true;
   }
-  uint32_t index = rseq_index();
-  if (index == kNoSlab) return false;
-  ensure_slab(index);
-  return RseqSlab{index}.pop(cls, out);
+  if (FM_UNLIKELY(!is_set_up())) {
+    setup();
+    if (!is_set_up()) return to_transfer_cache();
+  }
+  return on_current_slab([&](const auto& s) { return overflow_push(s, cls, p); }, to_transfer_cache);
 }
 
 }  // namespace
@@ -475,47 +495,8 @@ void* cache_refill_pop(unsigned cls) {
     setup();
     if (!is_set_up()) return take_one(cls);
   }
-  if (g_mode == CacheMode::kLocked) {
-    uint32_t index = locked_slab_index();
-    LockGuard guard(g_control[index].lock);
-    return refill_pop(OwnedSlab{slab(index), index}, cls);
-  }
-  uint32_t index = rseq_index();
-  if (index == kNoSlab) return take_one(cls);
-  ensure_slab(index);
-  return refill_pop(RseqSlab{index}, cls);
+  return on_current_slab([&](const auto& s) { return refill_pop(s, cls); }, [&] { return take_one(cls); });
 }
-
-namespace {
-
-// Returns whether p, or objects it displaced, went below the slab.
-bool overflow_to_lower_levels(unsigned cls, void* p) {
-  if (capacity_of(cls) == 0) {
-    central_list(cls).deallocate_batch(&p, 1);
-    return true;
-  }
-  if (FM_UNLIKELY(!is_set_up())) {
-    setup();
-    if (!is_set_up()) {
-      transfer_cache(cls).insert(&p, 1);
-      return true;
-    }
-  }
-  if (g_mode == CacheMode::kLocked) {
-    uint32_t index = locked_slab_index();
-    LockGuard guard(g_control[index].lock);
-    return overflow_push(OwnedSlab{slab(index), index}, cls, p);
-  }
-  uint32_t index = rseq_index();
-  if (index == kNoSlab) {
-    transfer_cache(cls).insert(&p, 1);
-    return true;
-  }
-  ensure_slab(index);
-  return overflow_push(RseqSlab{index}, cls, p);
-}
-
-}  // namespace
 
 void cache_overflow_push(unsigned cls, void* p) {
   // A push the slab took is a hit (see slab_hit_pop): no periodic work.
