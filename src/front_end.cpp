@@ -259,7 +259,9 @@ void* reallocate(void* p, size_t size, const char* call) {
   void* fresh = allocate(size);
   if (fresh == nullptr) return nullptr;
   size_t old_size = block_size(span);
-  memcpy(fresh, p, old_size < size ? old_size : size);
+  size_t copied = old_size < size ? old_size : size;
+  if (size > kMaxSmallSize) os::populate_for_write(fresh, copied);
+  memcpy(fresh, p, copied);
   deallocate(p, call);
   return fresh;
 }

@@ -2,11 +2,16 @@
 // the span (run of pages) its objects are carved from.
 //
 // Classes: 8; 16 to 128 in steps of 16; then four classes per power of two (for sizes in
-// (2^k, 2^(k+1)] the step is 2^(k-2)), up to kMaxSmallSize = 256 KiB. Every class from 16 up is
+// (2^k, 2^(k+1)] the step is 2^(k-2)), up to kMaxSmallSize = 1 MiB. Every class from 16 up is
 // a multiple of 16, so objects carved from a page-aligned span are 16-byte aligned; every power
 // of two is a class, so an aligned request can be served by a class that is a multiple of the
 // alignment. Rounding wastes less than 1/4 of a request above 128 bytes (one step over the
 // smallest size of its group), and at most 15 bytes below.
+//
+// Why 1 MiB: a block above it gets its own mapping and is unmapped on free, so every new one
+// costs an mmap, a munmap and a page fault per page touched. Up to 1 MiB (the buffers that
+// programs grow by doubling, and realloc through) blocks come from spans and are used again;
+// with a 256 KiB limit the realloc workload of bench/ ran 9-13x slower.
 //
 // Class 0 is not a class: span descriptors use it to mean "not a small-object span".
 #pragma once
@@ -19,8 +24,8 @@
 
 namespace fastmalloc {
 
-inline constexpr size_t kMaxSmallSize = 256 * 1024;
-inline constexpr unsigned kNumClasses = 54;  // 1..53 are classes
+inline constexpr size_t kMaxSmallSize = 1024 * 1024;
+inline constexpr unsigned kNumClasses = 62;  // 1..61 are classes
 
 struct SizeClass {
   uint32_t size;       // bytes per object

@@ -32,14 +32,14 @@ struct TransferStats {
 class TransferCache {
  public:
   static constexpr int kCapacity = 8 * kMaxBatch;
-  // A stock holds at most this many bytes (but at least four batches): each object held keeps
-  // its span's pages resident, so large classes get short stocks.
+  // A stock holds at most this many bytes, but at least one batch: each object held keeps its
+  // span's pages resident, so large classes get short stocks (two objects of 1 MiB).
   static constexpr size_t kStockBytes = 2 * 1024 * 1024;
 
   static constexpr int limit_for(unsigned cls) {
     size_t size = size_class_detail::size_of_class(cls);
     if (size == 0) return kCapacity;
-    size_t n = kStockBytes / size, floor = 4 * static_cast<size_t>(batch_size(cls));
+    size_t n = kStockBytes / size, floor = static_cast<size_t>(batch_size(cls));
     if (n < floor) n = floor;
     return n > kCapacity ? kCapacity : static_cast<int>(n);
   }

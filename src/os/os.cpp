@@ -50,6 +50,12 @@ void* remap(void* addr, size_t old_bytes, size_t new_bytes) {
 
 bool release(void* addr, size_t bytes) { return ::madvise(addr, bytes, MADV_DONTNEED) == 0; }
 
+void populate_for_write(void* addr, size_t bytes) {
+  int saved_errno = errno;
+  ::madvise(addr, bytes, MADV_POPULATE_WRITE);
+  errno = saved_errno;
+}
+
 void futex_wait(uint32_t* word, uint32_t expected) {
   ::syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
 }

@@ -25,6 +25,11 @@ void* remap(void* addr, size_t old_bytes, size_t new_bytes);
 // Returns false where madvise was refused (the memory then stays resident, nothing is lost).
 bool release(void* addr, size_t bytes);
 
+// Faults in [addr, addr + bytes) for writing in one system call (MADV_POPULATE_WRITE, Linux
+// 5.14), for a range about to be written whole: one call instead of a page fault per page.
+// Where the kernel refuses, nothing happens and the writes fault the pages in as usual.
+void populate_for_write(void* addr, size_t bytes);
+
 // Futex wait/wake on a process-private 32-bit word.
 void futex_wait(uint32_t* word, uint32_t expected);
 void futex_wake(uint32_t* word, int count);

@@ -20,7 +20,7 @@ int main(void) {
   }
   char* p = malloc_fn(1000);
   memset(p, 'x', 1000);
-  p = realloc(p, 1 << 20);
+  p = realloc(p, 4 << 20);  /* small to large: a copy into a fresh mapping */
   if (p[999] != 'x') return 2;
   free(p);
   fastmalloc_stats_print();

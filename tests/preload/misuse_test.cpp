@@ -97,7 +97,7 @@ TEST_CASE("interior pointers of small and large blocks are reported") {
   char* small = static_cast<char*>(malloc(100));
   check_all_calls(small + 8);
   check_all_calls(small + 1);
-  char* large = static_cast<char*>(malloc(1 << 20));
+  char* large = static_cast<char*>(malloc(4 << 20));  // above the largest class
   check_all_calls(large + 4096);
   check_all_calls(large + 16);
   free(small);
@@ -189,13 +189,13 @@ TEST_CASE("sized delete with a size the block was not allocated with is reported
   void* small = operator new(100);
   expect_report("operator delete", small, [](void* q) { operator delete(q, 300); });
   expect_report("operator delete", small, [](void* q) { operator delete(q, 16); });
-  void* large = operator new(1 << 20);
+  void* large = operator new(4 << 20);  // above the largest class
   expect_report("operator delete", large, [](void* q) { operator delete(q, 100); });
-  expect_report("operator delete", large, [](void* q) { operator delete(q, 2 << 20); });
+  expect_report("operator delete", large, [](void* q) { operator delete(q, 8 << 20); });
   void* aligned = operator new(100, std::align_val_t{64});
   expect_report("operator delete", aligned, [](void* q) { operator delete(q, 4096, std::align_val_t{64}); });
   // The right sizes pass.
   operator delete(small, 100);
-  operator delete(large, 1 << 20);
+  operator delete(large, 4 << 20);
   operator delete(aligned, 100, std::align_val_t{64});
 }
