@@ -107,10 +107,13 @@ FM_ALWAYS_INLINE void* allocate(size_t size) {
   return detail::allocate_large(size, 0);
 }
 
-// The span-map entry of addr's page (0 where there is none).
+// The span-map entry of addr's page: 0 where there is none, and also where the map's read side
+// cannot be entered without a call (first use on this thread, a nested section, a writer), so
+// that free's fast path makes no call that returns; the slow path looks again under read_lock().
 FM_ALWAYS_INLINE uintptr_t span_map_entry(uintptr_t addr) {
   sync::Prwlock& map_lock = g_span_map.structure_lock();
-  sync::Prwlock::ReadSection section = map_lock.read_lock();  // the leaf stays mapped while we read it
+  sync::Prwlock::ReadSection section = map_lock.try_read_lock();  // the leaf stays mapped while we read it
+  if (FM_UNLIKELY(section.status == nullptr)) return 0;
   uintptr_t entry = g_span_map.lookup_entry(addr);
   map_lock.read_unlock(section);
   return entry;

@@ -3,7 +3,7 @@
 
 namespace fastmalloc::sync {
 
-void Prwlock::read_lock_slow(std::atomic<uint64_t>& status) {
+void Prwlock::enter_outermost(std::atomic<uint64_t>& status) {
   const uint64_t flag = status.load(std::memory_order_relaxed) & kPrwFenceFlag;
   for (;;) {
     uint64_t version = version_.load(std::memory_order_acquire);
@@ -19,14 +19,15 @@ void Prwlock::read_lock_slow(std::atomic<uint64_t>& status) {
   }
 }
 
-Prwlock::ReadSection Prwlock::read_lock_nested_or_fenced(std::atomic<uint64_t>& status) {
+Prwlock::ReadSection Prwlock::read_lock_slow() {
+  std::atomic<uint64_t>& status = current_record()->prw[slot_];
   uint64_t word = status.load(std::memory_order_relaxed);
   if ((word & kPrwDepthMask) != 0) {
     status.store(word + 1, std::memory_order_relaxed);  // nested: already in
-    return &status;
+    return {&status, word};
   }
-  read_lock_slow(status);
-  return &status;
+  enter_outermost(status);
+  return {&status, status.load(std::memory_order_relaxed) - 1};
 }
 
 void Prwlock::write_lock() {

@@ -34,29 +34,49 @@ namespace fastmalloc::sync {
 
 class Prwlock {
  public:
-  // What read_lock() hands to read_unlock(): the reader's status word for this lock.
-  using ReadSection = std::atomic<uint64_t>*;
+  // What read_lock() hands to read_unlock(): the reader's status word for this lock, and what
+  // to store there on the way out (the word as it was before this section: sections nest and
+  // unwind in order, so it is still one below what the word holds then).
+  struct ReadSection {
+    std::atomic<uint64_t>* status;  // nullptr: try_read_lock() did not enter
+    uint64_t exit_word;
+  };
 
   explicit constexpr Prwlock(unsigned slot) : slot_(slot) {}
   Prwlock(const Prwlock&) = delete;
   Prwlock& operator=(const Prwlock&) = delete;
 
-  FM_ALWAYS_INLINE ReadSection read_lock() {
-    std::atomic<uint64_t>& status = current_record()->prw[slot_];
-    uint64_t word = status.load(std::memory_order_relaxed);
-    // Nested, or this thread must fence (kPrwFenceFlag): both off the fast path.
-    if (FM_UNLIKELY((word & kNestMask) != 0)) return read_lock_nested_or_fenced(status);
+  // The read side without a call: enters only when this thread is registered, is not already
+  // inside, need not fence, and no writer is about; otherwise it leaves nothing published and
+  // returns nullptr, and the caller takes a slow path that uses read_lock(). Every branch out
+  // of it leaves the caller's fast path, so a fast path built on it needs no stack frame.
+  FM_ALWAYS_INLINE ReadSection try_read_lock() {
+    ThreadRecord* record = detail::t_record;
+    if (FM_UNLIKELY(record == nullptr)) return {nullptr, 0};
+    std::atomic<uint64_t>& status = record->prw[slot_];
+    // Nested, or this thread must fence (kPrwFenceFlag): both need read_lock().
+    if (FM_UNLIKELY((status.load(std::memory_order_relaxed) & kNestMask) != 0)) return {nullptr, 0};
     // Acquire: pairs with write_unlock, so the last writer's changes are seen.
     uint64_t version = version_.load(std::memory_order_acquire);
-    status.store(version << kPrwNestBits | 1, std::memory_order_relaxed);
+    uint64_t outside = version << kPrwNestBits;
+    status.store(outside | 1, std::memory_order_relaxed);
     std::atomic_signal_fence(std::memory_order_seq_cst);  // writers fence for us (membarrier)
-    if (FM_UNLIKELY((version & 1) != 0 || version_.load(std::memory_order_relaxed) != version)) read_lock_slow(status);
-    return &status;
+    if (FM_UNLIKELY((version & 1) != 0 || version_.load(std::memory_order_relaxed) != version)) {
+      status.store(outside, std::memory_order_release);  // out again: nothing was read
+      return {nullptr, 0};
+    }
+    return {&status, outside};
   }
 
-  FM_ALWAYS_INLINE void read_unlock(ReadSection status) {
+  FM_ALWAYS_INLINE ReadSection read_lock() {
+    ReadSection section = try_read_lock();
+    if (FM_LIKELY(section.status != nullptr)) return section;
+    return read_lock_slow();
+  }
+
+  FM_ALWAYS_INLINE void read_unlock(ReadSection section) {
     // Release: the section's loads happen before a writer can see it ended.
-    status->store(status->load(std::memory_order_relaxed) - 1, std::memory_order_release);
+    section.status->store(section.exit_word, std::memory_order_release);
   }
 
   void write_lock();
@@ -69,10 +89,10 @@ class Prwlock {
   Mutex& writer_mutex() { return writer_; }
 
  private:
-  // Publishes the current version (with the thread's fence flag), fencing if the flag says so,
-  // and waits out any writer.
-  FM_NOINLINE void read_lock_slow(std::atomic<uint64_t>& status);
-  FM_NOINLINE ReadSection read_lock_nested_or_fenced(std::atomic<uint64_t>& status);
+  // What try_read_lock() left: registers the thread, nests, or publishes the current version
+  // (with the thread's fence flag), fencing if the flag says so, and waits out any writer.
+  FM_NOINLINE ReadSection read_lock_slow();
+  void enter_outermost(std::atomic<uint64_t>& status);
 
   // Zero at start, like everything else in the lock, so a lock inside a large object (the span
   // map) leaves that object in .bss.

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <pthread.h>
 #include <sys/wait.h>
 #include <thread>
@@ -63,6 +64,45 @@ TEST_CASE("readers skip the fence exactly when writers fence for them", "[sync]"
   section = g_lock.read_lock();
   g_lock.read_unlock(section);
   REQUIRE(g_lock.caller_fences() == g_readers_fence);
+}
+
+TEST_CASE("try_read_lock enters only where read_lock would need no call, and then leaves nothing behind", "[sync]") {
+  std::thread fresh([] {
+    REQUIRE(g_lock.try_read_lock().status == nullptr);  // not registered yet
+    Prwlock::ReadSection outer = g_lock.read_lock();    // registers
+    REQUIRE(g_lock.try_read_lock().status == nullptr);  // nested
+    g_lock.read_unlock(outer);
+    Prwlock::ReadSection section = g_lock.try_read_lock();
+    REQUIRE((section.status != nullptr) == !g_readers_fence);  // a thread that must fence cannot
+    if (section.status != nullptr) g_lock.read_unlock(section);
+  });
+  fresh.join();
+
+  // While a writer is inside, try_read_lock steps out again: the writer is not held up by it,
+  // and a later writer is not either.
+  std::atomic<bool> tried{false}, second_writer_done{false}, reader_may_exit{false};
+  g_lock.write_lock();
+  std::thread reader([&] {
+    current_record();  // registered, so try_read_lock gets as far as publishing
+    REQUIRE(g_lock.try_read_lock().status == nullptr);
+    tried.store(true);
+    while (!reader_may_exit.load()) std::this_thread::sleep_for(1ms);  // its record stays live
+  });
+  while (!tried.load()) std::this_thread::sleep_for(1ms);
+  g_lock.write_unlock();
+  std::thread second_writer([&] {
+    g_lock.write_lock();  // waits for ever if the reader stayed published as inside
+    g_lock.write_unlock();
+    second_writer_done.store(true);
+  });
+  for (int ms = 0; ms < 5000 && !second_writer_done.load(); ++ms) std::this_thread::sleep_for(1ms);
+  if (!second_writer_done.load()) {
+    FAIL_CHECK("a writer waited 5 s for a reader that try_read_lock had turned away");
+    std::_Exit(1);  // the writer holds the lock for ever: nothing else can run
+  }
+  reader_may_exit.store(true);
+  reader.join();
+  second_writer.join();
 }
 
 TEST_CASE("readers do not exclude each other", "[sync]") {
