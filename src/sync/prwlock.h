@@ -35,8 +35,8 @@ namespace fastmalloc::sync {
 class Prwlock {
  public:
   // What read_lock() hands to read_unlock(): the reader's status word for this lock, and what
-  // to store there on the way out (the word as it was before this section: sections nest and
-  // unwind in order, so it is still one below what the word holds then).
+  // to store there on the way out: the word this section stored, less its one level of depth
+  // (sections nest and unwind in order, so by then the word is back to what this one stored).
   struct ReadSection {
     std::atomic<uint64_t>* status;  // nullptr: try_read_lock() did not enter
     uint64_t exit_word;
@@ -48,8 +48,9 @@ class Prwlock {
 
   // The read side without a call: enters only when this thread is registered, is not already
   // inside, need not fence, and no writer is about; otherwise it leaves nothing published and
-  // returns nullptr, and the caller takes a slow path that uses read_lock(). Every branch out
-  // of it leaves the caller's fast path, so a fast path built on it needs no stack frame.
+  // returns a section whose status is nullptr, and the caller takes a slow path that uses
+  // read_lock(). Every branch out of it leaves the caller's fast path, so a fast path built on
+  // it needs no stack frame.
   FM_ALWAYS_INLINE ReadSection try_read_lock() {
     ThreadRecord* record = detail::t_record;
     if (FM_UNLIKELY(record == nullptr)) return {nullptr, 0};
