@@ -50,9 +50,9 @@ FM_ALWAYS_INLINE void rcu_read_lock() {
 
 FM_ALWAYS_INLINE void rcu_read_unlock() {
   ThreadRecord* r = detail::t_record;
-  uint64_t word = r->rcu.load(std::memory_order_relaxed);
-  // Release: the section's loads happen before a writer can see it ended.
-  r->rcu.store((word & kNestMask) == 1 ? 0 : word - 1, std::memory_order_release);
+  // Release: the section's loads happen before a writer can see it ended. Leaving the outermost
+  // section keeps the epoch bits: a depth of 0 means outside whatever they say.
+  r->rcu.store(r->rcu.load(std::memory_order_relaxed) - 1, std::memory_order_release);
 }
 
 // Waits for a grace period: every read section that began before the call has ended.

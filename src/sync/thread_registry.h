@@ -27,7 +27,8 @@ namespace fastmalloc::sync {
 inline constexpr unsigned kMaxPrwlocks = 6;
 
 struct alignas(64) ThreadRecord {
-  // RCU: (epoch at the outermost rcu_read_lock << kRcuNestBits) | nesting depth; 0 outside.
+  // RCU: (epoch at the outermost rcu_read_lock << kRcuNestBits) | nesting depth; a depth of 0
+  // is outside (the epoch bits are then stale).
   std::atomic<uint64_t> rcu;
   // Per prwlock slot: (lock version seen << kPrwNestBits) | kPrwFenceFlag if this thread's
   // read sides must fence | nesting depth (below kPrwFenceFlag).
