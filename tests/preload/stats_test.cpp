@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <dlfcn.h>
 #include <malloc.h>
 #include <random>
@@ -213,4 +214,37 @@ TEST_CASE("a class that misses both ways grows, and gives the room back once it 
     // back (growth stays within the budget); the small blocks' ring is empty again.
     REQUIRE(after + kClassSize >= full);
   }
+}
+
+TEST_CASE("buffers up to 1 MiB come from the heap and are used again; larger ones are mapped alone") {
+  // FASTMALLOC_HARDEN=1 carves each request from the class above its own, so there the top
+  // class (896 KiB to 1 MiB) is a large block already.
+  const char* harden = getenv("FASTMALLOC_HARDEN");
+  const size_t largest_small = harden != nullptr && strcmp(harden, "1") == 0 ? 896 << 10 : 1 << 20;
+  // A vector grown by doubling through realloc, as the realloc benchmark grows them.
+  std::vector<size_t> capacities;
+  for (size_t capacity = 16; capacity < largest_small; capacity *= 2) capacities.push_back(capacity);
+  capacities.push_back(largest_small);
+
+  const size_t large_before = property("large_bytes");
+  size_t heap_after_first_round = 0;
+  for (int round = 0; round < 50; ++round) {
+    char* buffer = nullptr;
+    for (size_t capacity : capacities) {
+      buffer = static_cast<char*>(realloc(buffer, capacity));
+      REQUIRE(buffer != nullptr);
+      buffer[capacity - 1] = 1;
+    }
+    REQUIRE(property("large_bytes") == large_before);  // no mapping of its own
+    free(buffer);
+    if (round == 0) heap_after_first_round = property("heap_bytes");
+  }
+  // The rounds after the first reuse its pages (a little slack for the test's own allocations).
+  REQUIRE(property("heap_bytes") <= heap_after_first_round + (2 << 20));
+
+  void* large = malloc((size_t{1} << 20) + 1);
+  REQUIRE(large != nullptr);
+  REQUIRE(property("large_bytes") >= large_before + (size_t{1} << 20) + 1);
+  free(large);
+  REQUIRE(property("large_bytes") == large_before);  // unmapped on free
 }
