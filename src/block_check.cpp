@@ -47,9 +47,8 @@ bool decode_link(const void* block, uintptr_t span_start, unsigned cls, void** n
     *next = nullptr;
     return true;
   }
-  const SizeClass& sc = size_class(cls);
   --offset;
-  if (offset >= sc.used_bytes || !is_object_boundary(cls, offset)) return false;
+  if (!is_object_boundary(cls, offset)) return false;  // also false past the span's last object
   *next = reinterpret_cast<void*>(span_start + offset);
   return true;
 }

@@ -17,11 +17,6 @@ namespace {
 
 void (*volatile free_fn)(void*) = free;
 
-bool hardened() {
-  const char* value = getenv("FASTMALLOC_HARDEN");
-  return value != nullptr && strcmp(value, "1") == 0;
-}
-
 // Runs `misuse` in a child; it must die by SIGABRT after one line naming free() and `p`, with
 // `why` in it.
 template <class F>

@@ -10,6 +10,12 @@
 #include <malloc.h>
 #include <string>
 
+// True when the suite runs with FASTMALLOC_HARDEN=1 (the mode the CTest case "mode: harden" sets).
+inline bool hardened() {
+  const char* value = getenv("FASTMALLOC_HARDEN");
+  return value != nullptr && strcmp(value, "1") == 0;
+}
+
 // True when `symbol` resolves (for the whole process) to a definition inside libfastmalloc.so.
 inline bool resolves_to_fastmalloc(const char* symbol) {
   void* address = dlsym(RTLD_DEFAULT, symbol);

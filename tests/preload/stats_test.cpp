@@ -5,7 +5,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <dlfcn.h>
 #include <malloc.h>
 #include <random>
@@ -219,8 +218,7 @@ TEST_CASE("a class that misses both ways grows, and gives the room back once it 
 TEST_CASE("buffers up to 1 MiB come from the heap and are used again; larger ones are mapped alone") {
   // FASTMALLOC_HARDEN=1 carves each request from the class above its own, so there the top
   // class (896 KiB to 1 MiB) is a large block already.
-  const char* harden = getenv("FASTMALLOC_HARDEN");
-  const size_t largest_small = harden != nullptr && strcmp(harden, "1") == 0 ? 896 << 10 : 1 << 20;
+  const size_t largest_small = hardened() ? 896 << 10 : 1 << 20;
   // A vector grown by doubling through realloc, as the realloc benchmark grows them.
   std::vector<size_t> capacities;
   for (size_t capacity = 16; capacity < largest_small; capacity *= 2) capacities.push_back(capacity);
