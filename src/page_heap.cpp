@@ -11,13 +11,15 @@
 namespace fastmalloc {
 
 constinit PageHeap g_page_heap(g_span_map);
-MetaPool<Span> g_span_pool;
+constinit MetaPool<Span> g_span_pool;
 
 void PageHeap::insert_free(Span* span) {
   span->state = SpanState::kFree;
   map_.set(span->start, span);
   map_.set(span->end() - kPageSize, span);
-  bin_for(span->pages()).push_front(span);
+  // Resident spans first, so requests reuse them before faulting in released pages.
+  if (span->released) bin_for(span->pages()).push_back(span);
+  else bin_for(span->pages()).push_front(span);
   free_bytes_ += span->bytes;
   if (span->released) released_bytes_ += span->bytes;
 }
@@ -31,15 +33,19 @@ void PageHeap::remove_free(Span* span) {
 Span* PageHeap::take_free(size_t pages) {
   for (size_t n = pages; n < kBins; ++n)
     if (!bins_[n].empty()) return bins_[n].first();
+  // Best fit among the resident long spans, else among the released ones.
   Span* best = nullptr;
   for (Span* s = bins_[0].first(); s != nullptr; s = s->next)
-    if (s->pages() >= pages && (best == nullptr || s->bytes < best->bytes)) best = s;
+    if (s->pages() >= pages && (best == nullptr || s->released < best->released ||
+                                (s->released == best->released && s->bytes < best->bytes)))
+      best = s;
   return best;
 }
 
 Span* PageHeap::grow(size_t pages) {
   size_t bytes = (pages > kGrowPages ? pages : kGrowPages) * kPageSize;
-  void* memory = os::map(bytes, kPageSize);
+  void* memory = last_grow_ > bytes ? os::map_at(reinterpret_cast<void*>(last_grow_ - bytes), bytes) : nullptr;
+  if (memory == nullptr) memory = os::map(bytes, kPageSize);
   if (memory == nullptr) return nullptr;
   uintptr_t start = reinterpret_cast<uintptr_t>(memory);
   Span* span = g_span_pool.create();
@@ -49,10 +55,13 @@ Span* PageHeap::grow(size_t pages) {
     return nullptr;
   }
   system_bytes_ += bytes;
+  last_grow_ = start;
   span->start = start;
   span->bytes = bytes;
+  span->state = SpanState::kFree;
   span->released = true;  // never touched: not resident
   span->free_since_ms = os::now_ms();
+  span = coalesce(span);
   insert_free(span);
   return span;
 }
@@ -102,7 +111,6 @@ void PageHeap::retire(Span* span) {
 }
 
 Span* PageHeap::merge(Span* survivor, Span* other) {
-  remove_free(other);
   if (other->bytes > survivor->bytes) {
     Span* t = survivor;
     survivor = other;
@@ -115,6 +123,23 @@ Span* PageHeap::merge(Span* survivor, Span* other) {
   return survivor;
 }
 
+Span* PageHeap::coalesce(Span* span) {
+  // A neighbour on no list is waiting in release_list_locked(), which merges it in its turn.
+  if (Span* left = map_.lookup(span->start - 1); left != nullptr && left != span && left->state == SpanState::kFree &&
+                                                 left->on_list && left->end() == span->start &&
+                                                 left->released == span->released) {
+    remove_free(left);
+    span = merge(span, left);
+  }
+  if (Span* right = map_.lookup(span->end()); right != nullptr && right != span && right->state == SpanState::kFree &&
+                                              right->on_list && right->start == span->end() &&
+                                              right->released == span->released) {
+    remove_free(right);
+    span = merge(span, right);
+  }
+  return span;
+}
+
 void PageHeap::deallocate(Span* span) {
   LockGuard guard(lock_);
   // Every page loses its class first: free() trusts a class it finds in the span map.
@@ -123,29 +148,34 @@ void PageHeap::deallocate(Span* span) {
   span->free_objects = nullptr;
   span->live = 0;
   span->state = SpanState::kFree;
-  if (Span* left = map_.lookup(span->start - 1);
-      left != nullptr && left != span && left->state == SpanState::kFree && left->end() == span->start)
-    span = merge(span, left);
-  if (Span* right = map_.lookup(span->end());
-      right != nullptr && right != span && right->state == SpanState::kFree && right->start == span->end())
-    span = merge(span, right);
-  // Resident as a whole from now on, though a merged neighbour's pages may have been released:
-  // the heap's resident count errs high, and a later release of those pages costs little.
   span->released = false;
   uint64_t now = os::now_ms();
   span->free_since_ms = now;
+  if (decay_ms() == 0) release_pages(span);
+  // A merged span keeps the age of the larger part: the age of most of its bytes. Taking the
+  // newest would keep a long-free neighbour resident for as long as small spans join it.
+  span = coalesce(span);
   insert_free(span);
-  if (decay_ms() == 0) release_span_locked(span);
-  else if (free_bytes_ - released_bytes_ > retain_limit() && now >= next_cap_release_ms_) release_over_cap_locked(now);
+  if (decay_ms() != 0 && free_bytes_ - released_bytes_ > retain_limit() && now >= next_cap_release_ms_)
+    release_over_cap_locked(now);
   decay_locked(now);
 }
 
-bool PageHeap::release_span_locked(Span* span) {
+bool PageHeap::release_pages(Span* span) {
   if (span->released) return true;
   if (!os::release(reinterpret_cast<void*>(span->start), span->bytes)) return false;
   span->released = true;
-  released_bytes_ += span->bytes;
   return true;
+}
+
+void PageHeap::release_list_locked(Span* list) {
+  bool refused = false;  // a refused madvise would be refused again: the rest stay resident
+  while (list != nullptr) {
+    Span* span = list;
+    list = list->next;
+    if (!refused) refused = !release_pages(span);
+    insert_free(coalesce(span));
+  }
 }
 
 void PageHeap::release_over_cap_locked(uint64_t now) {
@@ -159,17 +189,22 @@ void PageHeap::release_over_cap_locked(uint64_t now) {
   bool shrank = (system_bytes_ - free_bytes_) * 2 < peak_in_use_;
   uint64_t min_age = shrank ? 0 : decay / 4 > kCapIntervalMs ? decay / 4 : kCapIntervalMs;
   next_cap_release_ms_ = now + kCapIntervalMs;
-  size_t target = retain_limit() / 2;
+  size_t resident = free_bytes_ - released_bytes_, target = retain_limit() / 2;
   // bins_[0] holds the longest spans, then the exact bins from long to short: fewest system
-  // calls per byte. A refused madvise ends the pass (it would be refused again).
-  for (size_t n = 0; n < kBins; ++n) {
+  // calls per byte.
+  Span* chosen = nullptr;
+  for (size_t n = 0; n < kBins && resident > target; ++n) {
     SpanList& bin = bins_[n == 0 ? 0 : kBins - n];
-    for (Span* s = bin.first(); s != nullptr; s = s->next) {
-      if (free_bytes_ - released_bytes_ <= target) return;
+    for (Span *s = bin.first(), *next; s != nullptr && resident > target; s = next) {
+      next = s->next;
       if (s->released || now - s->free_since_ms < min_age) continue;
-      if (!release_span_locked(s)) return;
+      resident -= s->bytes;
+      remove_free(s);
+      s->next = chosen;
+      chosen = s;
     }
   }
+  release_list_locked(chosen);
 }
 
 uint64_t PageHeap::decay_ms() {
@@ -188,9 +223,20 @@ void PageHeap::decay_locked(uint64_t now) {
   next_decay_scan_ms_.store(now + period, std::memory_order_relaxed);
   peak_in_use_ = system_bytes_ - free_bytes_;
   if (free_bytes_ == released_bytes_) return;
+  release_list_locked(take_resident_locked(now, decay));
+}
+
+Span* PageHeap::take_resident_locked(uint64_t now, uint64_t min_age) {
+  Span* taken = nullptr;
   for (SpanList& bin : bins_)
-    for (Span* s = bin.first(); s != nullptr; s = s->next)
-      if (!s->released && now - s->free_since_ms >= decay && !release_span_locked(s)) return;
+    for (Span *s = bin.first(), *next; s != nullptr; s = next) {
+      next = s->next;
+      if (s->released || now - s->free_since_ms < min_age) continue;
+      remove_free(s);
+      s->next = taken;
+      taken = s;
+    }
+  return taken;
 }
 
 void PageHeap::decay_tick(uint64_t now) {
@@ -202,12 +248,10 @@ void PageHeap::decay_tick(uint64_t now) {
 size_t PageHeap::release_free_pages() {
   LockGuard guard(lock_);
   size_t before = released_bytes_;
-  for (SpanList& bin : bins_)
-    for (Span* s = bin.first(); s != nullptr; s = s->next) release_span_locked(s);
-  size_t released = released_bytes_ - before;
+  release_list_locked(take_resident_locked(0, 0));
   // Leaves emptied by large blocks that went away; the page heap's own leaves never empty.
   map_.release_unused_leaves();
-  return released;
+  return released_bytes_ - before;
 }
 
 Span* PageHeap::map_large(size_t bytes, size_t align) {

@@ -74,7 +74,14 @@ class PageHeap {
 
   // Unreleased free bytes above which deallocate() releases at once.
   size_t retain_limit() const { return kRetainBytes + (system_bytes_ - free_bytes_) / 4; }
-  bool release_span_locked(Span* span);
+  // Gives a span on no list back to the OS; false where madvise was refused.
+  static bool release_pages(Span* span);
+  // Takes off the free lists the resident spans freed at least `min_age` ms before `now`,
+  // linked through `next`.
+  Span* take_resident_locked(uint64_t now, uint64_t min_age);
+  // Releases each span of a list built as above, merges it with its released neighbours and
+  // puts it back on the free lists.
+  void release_list_locked(Span* list);
   // Over the cap: releases the longest spans not freed too recently, down to half the cap.
   void release_over_cap_locked(uint64_t now);
   void decay_locked(uint64_t now);
@@ -84,9 +91,15 @@ class PageHeap {
   void insert_free(Span* span);
   void remove_free(Span* span);
   SpanList& bin_for(size_t pages) { return bins_[pages < kBins ? pages : 0]; }
-  // Merges free neighbour `other` into `survivor` (whichever is larger keeps its descriptor;
-  // the other's pages are renamed to it), retiring the other. Returns the survivor.
+  // Merges neighbour `other` into `survivor`, neither on a free list (whichever is larger keeps
+  // its descriptor; the other's pages are renamed to it), retiring the other. Returns the
+  // survivor.
   Span* merge(Span* survivor, Span* other);
+  // Merges `span` (on no list) with its free neighbours in the same state, released or
+  // resident: a merged span is one or the other, so the heap's resident count stays exact
+  // (gperftools' page heap does the same). Spans released later merge then, so no two free
+  // neighbours are ever in the same state.
+  Span* coalesce(Span* span);
   // A descriptor no entry names any more goes back to its pool after a grace period.
   static void retire(Span* span);
 
@@ -96,6 +109,10 @@ class PageHeap {
   size_t system_bytes_ = 0, free_bytes_ = 0, released_bytes_ = 0;
   size_t large_count_ = 0, large_bytes_ = 0;
   uint64_t allocations_ = 0, grows_ = 0;
+  // Where the last growth started: the next is mapped right below it if it can be (the kernel
+  // hands out addresses top-down), so that free pages coalesce across growths, and neither the
+  // free spans' descriptors nor the process's mappings multiply with the heap's size.
+  uintptr_t last_grow_ = 0;
   static constexpr uint64_t kDecayUnset = ~uint64_t{0};
   std::atomic<uint64_t> decay_ms_{kDecayUnset};  // from the options on first use (decay_ms())
   std::atomic<uint64_t> next_decay_scan_ms_{0};

@@ -52,7 +52,18 @@ class SpanList {
     s->prev = nullptr;
     s->next = head_;
     if (head_ != nullptr) head_->prev = s;
+    else tail_ = s;
     head_ = s;
+    s->on_list = true;
+    ++length_;
+  }
+
+  void push_back(Span* s) {
+    s->next = nullptr;
+    s->prev = tail_;
+    if (tail_ != nullptr) tail_->next = s;
+    else head_ = s;
+    tail_ = s;
     s->on_list = true;
     ++length_;
   }
@@ -61,6 +72,7 @@ class SpanList {
     if (s->prev != nullptr) s->prev->next = s->next;
     else head_ = s->next;
     if (s->next != nullptr) s->next->prev = s->prev;
+    else tail_ = s->prev;
     s->next = s->prev = nullptr;
     s->on_list = false;
     --length_;
@@ -68,6 +80,7 @@ class SpanList {
 
  private:
   Span* head_ = nullptr;
+  Span* tail_ = nullptr;
   size_t length_ = 0;
 };
 

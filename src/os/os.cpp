@@ -41,6 +41,14 @@ void* map(size_t bytes, size_t align) {
   return reinterpret_cast<void*>(aligned);
 }
 
+void* map_at(void* addr, size_t bytes) {
+  int saved = errno;
+  void* p = ::mmap(addr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (p != MAP_FAILED && p != addr) ::munmap(p, bytes);  // an old kernel took addr as a hint
+  errno = saved;
+  return p == addr ? p : nullptr;
+}
+
 void unmap(void* addr, size_t bytes) { ::munmap(addr, bytes); }
 
 void* remap(void* addr, size_t old_bytes, size_t new_bytes) {

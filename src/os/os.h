@@ -14,6 +14,10 @@ namespace fastmalloc::os {
 // whatever mmap left (usually ENOMEM).
 void* map(size_t bytes, size_t align);
 
+// Maps `bytes` of fresh memory exactly at `addr` (page-aligned) if nothing is mapped there;
+// nullptr otherwise, or where the kernel lacks MAP_FIXED_NOREPLACE (before 4.17). errno is kept.
+void* map_at(void* addr, size_t bytes);
+
 // Unmaps a range obtained from map() or remap(), or a page-aligned part of one.
 void unmap(void* addr, size_t bytes);
 

@@ -55,12 +55,18 @@ TEST_CASE("page heap splits one chunk and coalesces neighbours back into it") {
 
   uintptr_t a_start = a->start;
   heap.deallocate(a);
-  heap.deallocate(c);  // merges with the free rest of the chunk on its right
+  // c stays apart from the rest of the chunk on its right: that was never touched (released),
+  // c is resident, and a free span is all one or all the other.
+  heap.deallocate(c);
+  REQUIRE(heap.stats().free_spans == 3);
+  heap.deallocate(b);  // merges with both resident neighbours
   REQUIRE(heap.stats().free_spans == 2);
-  heap.deallocate(b);  // merges with both neighbours
+  // Released, the two merge.
+  heap.release_free_pages();
   PageHeapStats after = heap.stats();
   REQUIRE(after.free_spans == 1);
   REQUIRE(after.free_bytes == after.system_bytes);
+  REQUIRE(after.released_bytes == after.free_bytes);
 
   // The whole chunk is one span again: a request for all of it is served without growing.
   Span* whole = take(heap, after.system_bytes / kPageSize);
@@ -84,6 +90,27 @@ TEST_CASE("page heap reuses a freed span of the right size before growing") {
   heap.deallocate(keep);
 }
 
+TEST_CASE("page heap hands out resident free pages before released ones") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  heap.set_decay_ms(3'600'000);
+  Span* a = take_resident(heap, 4);
+  Span* guard_a = take(heap, 1);  // keeps a and b apart
+  Span* b = take_resident(heap, 4);
+  Span* guard_b = take(heap, 1);
+  uintptr_t b_start = b->start;
+  heap.deallocate(b);  // stays resident
+  heap.set_decay_ms(0);
+  heap.deallocate(a);  // released at once, and freed after b
+  REQUIRE(heap.stats().released_bytes >= 4 * kPageSize);
+  heap.set_decay_ms(3'600'000);
+  Span* again = take(heap, 4);
+  REQUIRE(again->start == b_start);  // not a's released pages, which would fault in afresh
+  heap.deallocate(again);
+  heap.deallocate(guard_a);
+  heap.deallocate(guard_b);
+}
+
 TEST_CASE("page heap grows for requests larger than a chunk") {
   static SpanMap map;
   static PageHeap heap(map);
@@ -97,14 +124,18 @@ TEST_CASE("page heap releases free pages to the OS and counts them") {
   static SpanMap map;
   static PageHeap heap(map);
   Span* s = take_resident(heap, 8);
+  size_t bytes = s->bytes;
   heap.deallocate(s);
+  REQUIRE(heap.stats().released_bytes == heap.stats().free_bytes - bytes);  // the chunk's untouched rest
   size_t released = heap.release_free_pages();
-  REQUIRE(released == heap.stats().free_bytes);
-  REQUIRE(heap.stats().released_bytes == released);
+  REQUIRE(released == bytes);
+  REQUIRE(heap.stats().released_bytes == heap.stats().free_bytes);
+  REQUIRE(heap.stats().free_spans == 1);  // merged with the rest once released
   REQUIRE(heap.release_free_pages() == 0);  // nothing new to release
+  size_t released_before = heap.stats().released_bytes;
   Span* again = take(heap, 8);
   REQUIRE(reinterpret_cast<unsigned char*>(again->start)[100] == 0);  // released pages read zero
-  REQUIRE(heap.stats().released_bytes == released - again->bytes);
+  REQUIRE(heap.stats().released_bytes == released_before - again->bytes);
   heap.deallocate(again);
 }
 
