@@ -17,7 +17,7 @@ namespace {
 
 Mutex g_prepare_lock;
 std::atomic<bool> g_prepared{false};
-MetaPool<ObjectBits> g_object_bits_pool;
+constinit MetaPool<ObjectBits> g_object_bits_pool;
 
 // Keeps the secret away from the values programs store most: pointers, small and negative
 // integers (top 16 bits all 0 or all 1).
@@ -55,5 +55,6 @@ bool decode_link(const void* block, uintptr_t span_start, unsigned cls, void** n
 
 ObjectBits* create_object_bits() { return g_object_bits_pool.create(); }
 void destroy_object_bits(ObjectBits* bits) { g_object_bits_pool.destroy(bits); }
+size_t release_object_bits_pages() { return g_object_bits_pool.release_free_pages(); }
 
 }  // namespace fastmalloc

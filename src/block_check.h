@@ -91,5 +91,7 @@ static_assert(kPageSize / 8 <= ObjectBits::kWords * 64);
 
 ObjectBits* create_object_bits();   // zeroed; nullptr when out of memory
 void destroy_object_bits(ObjectBits* bits);
+// Gives the OS the whole pages of freed bit sets (malloc_trim); returns the bytes released.
+size_t release_object_bits_pages();
 
 }  // namespace fastmalloc

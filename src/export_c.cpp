@@ -105,7 +105,9 @@ FM_EXPORT size_t fastmalloc_release_memory(void) noexcept {
   cache_drain_all();
   for (unsigned cls = 1; cls < kNumClasses; ++cls) transfer_cache(cls).drain();
   sync::rcu_barrier();  // retired span descriptors back to their pool
-  return g_page_heap.release_free_pages();
+  size_t released = g_page_heap.release_free_pages();
+  sync::rcu_barrier();  // the descriptors of the spans it merged too
+  return released + g_span_pool.release_free_pages() + release_object_bits_pages();
 }
 
 FM_EXPORT int malloc_trim(size_t) noexcept { return fastmalloc_release_memory() > 0 ? 1 : 0; }

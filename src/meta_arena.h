@@ -1,19 +1,23 @@
 // The metadata arena: memory for the allocator's own structures (span descriptors, span-map
-// leaves), taken from the OS in chunks and never returned. It is how the allocator avoids ever
-// calling malloc for itself. Fixed-size objects are recycled through MetaPool's free list.
+// leaves), taken from the OS in chunks and never unmapped. It is how the allocator avoids ever
+// calling malloc for itself. Fixed-size objects are recycled through MetaPool's free list,
+// whose wholly free pages go back to the OS on request (MetaPool::release_free_pages).
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <new>
 
+#include "base.h"
 #include "sync/mutex.h"
 
 namespace fastmalloc {
 
 class MetaArena {
  public:
-  // Zeroed, 64-byte aligned memory for the allocator's lifetime; nullptr when the OS refuses.
-  // Callers hold lock().
+  static constexpr size_t kAlign = 64;
+  // Zeroed, kAlign-aligned memory for the allocator's lifetime, `bytes` rounded up to kAlign;
+  // nullptr when the OS refuses. Callers hold lock().
   void* allocate(size_t bytes);
   Mutex& lock() { return lock_; }
   size_t mapped_bytes() const { return mapped_; }
@@ -27,34 +31,59 @@ class MetaArena {
 
 extern MetaArena g_meta_arena;
 
+// The free objects of one pool, all `stride` bytes apart where they are neighbours, kept as
+// runs: a run's first object holds {next run, object count}. A long run then needs only the
+// page of its header resident, and release() hands the rest of its whole pages to the OS; an
+// object taken from a released page later reads as zero, as a fresh one would. Callers hold
+// the arena's lock.
+class MetaFreeRuns {
+ public:
+  explicit constexpr MetaFreeRuns(size_t stride) : stride_(stride) {}
+  void* pop();  // nullptr when empty
+  void push(void* object);
+  // Sorts the runs by address, merges neighbours, and releases every whole page of a run after
+  // its header, unless the run was released whole before. Returns the bytes it released.
+  size_t release();
+
+  struct Run {
+    Run* next;
+    uint32_t count;
+    bool released;  // its whole pages were given back, and it has not grown since
+  };
+
+ private:
+  Run* head_ = nullptr;
+  bool pushed_ = false;  // since the last release(): popping never makes a run releasable
+  const size_t stride_;
+};
+
 // A free list of T carved from the arena. T must be trivially constructible from zeroes;
 // create() hands out value-initialized objects. Thread-safe (the arena's lock).
 template <class T>
 class MetaPool {
  public:
+  static constexpr size_t kStride =
+      round_up(sizeof(T) > sizeof(MetaFreeRuns::Run) ? sizeof(T) : sizeof(MetaFreeRuns::Run), MetaArena::kAlign);
+
   T* create() {
     LockGuard guard(g_meta_arena.lock());
-    if (free_ != nullptr) {
-      FreeNode* node = free_;
-      free_ = node->next;
-      return new (node) T{};
-    }
-    void* p = g_meta_arena.allocate(sizeof(T) < sizeof(FreeNode) ? sizeof(FreeNode) : sizeof(T));
+    void* p = free_.pop();
+    if (p == nullptr) p = g_meta_arena.allocate(kStride);
     return p ? new (p) T{} : nullptr;
   }
 
   void destroy(T* object) {
     LockGuard guard(g_meta_arena.lock());
-    auto* node = reinterpret_cast<FreeNode*>(object);
-    node->next = free_;
-    free_ = node;
+    free_.push(object);
+  }
+
+  size_t release_free_pages() {
+    LockGuard guard(g_meta_arena.lock());
+    return free_.release();
   }
 
  private:
-  struct FreeNode {
-    FreeNode* next;
-  };
-  FreeNode* free_ = nullptr;
+  MetaFreeRuns free_{kStride};
 };
 
 }  // namespace fastmalloc
