@@ -248,7 +248,7 @@ void PageHeap::decay_tick(uint64_t now) {
 size_t PageHeap::release_free_pages() {
   LockGuard guard(lock_);
   size_t before = released_bytes_;
-  release_list_locked(take_resident_locked(0, 0));
+  release_list_locked(take_resident_locked(os::now_ms(), 0));
   // Leaves emptied by large blocks that went away; the page heap's own leaves never empty.
   map_.release_unused_leaves();
   return released_bytes_ - before;
