@@ -31,7 +31,11 @@
 //                               central list or page heap that holds its lock, or the thread
 //                               mapping/unmapping its large block, under SpanMap::lock() so a
 //                               leaf cannot be released between ensure and set). Every entry
-//                               of a small or free span's pages names that span's descriptor.
+//                               of a small span's pages, and of a resident free span's, names
+//                               that span's descriptor; a released free span is named at its
+//                               first and last page, its other entries are 0, and the page
+//                               heap drops the pages of entries it owns whole (madvise under
+//                               its lock; the page heap's leaves are pinned, never released).
 //                               SpanMap::lock() serializes leaf creation, release, the spare.
 //   span descriptors            RCU: a descriptor leaves the map (its pages renamed to the
 //                               span that absorbed it, or its large block's entry cleared) and

@@ -54,6 +54,7 @@ Span* PageHeap::grow(size_t pages) {
     os::unmap(memory, bytes);
     return nullptr;
   }
+  map_.pin(start, bytes);  // released spans clear their entries; their leaves must stay
   system_bytes_ += bytes;
   last_grow_ = start;
   span->start = start;
@@ -116,11 +117,26 @@ Span* PageHeap::merge(Span* survivor, Span* other) {
     survivor = other;
     other = t;
   }
-  map_.set_range(other->start, other->bytes, survivor);
+  uintptr_t junction = other->start < survivor->start ? survivor->start : other->start;
   if (other->start < survivor->start) survivor->start = other->start;
   survivor->bytes += other->bytes;
+  if (!survivor->released) {
+    map_.set_range(other->start, other->bytes, survivor);
+  } else {
+    // A released span is named at its ends only (release_pages): the merged span's new end
+    // gets its name, and the two pages either side of the junction, now inside, lose theirs.
+    map_.set(other->start == survivor->start ? survivor->start : survivor->end() - kPageSize, survivor);
+    forget_interior(survivor, junction - kPageSize, 2 * kPageSize);
+  }
   retire(other);
   return survivor;
+}
+
+void PageHeap::forget_interior(Span* span, uintptr_t start, size_t bytes) {
+  uintptr_t inside_start = span->start + kPageSize, inside_end = span->end() - kPageSize;
+  uintptr_t from = start > inside_start ? start : inside_start;
+  uintptr_t to = start + bytes < inside_end ? start + bytes : inside_end;
+  if (from < to) map_.forget_range(from, to - from, inside_start, inside_end);
 }
 
 Span* PageHeap::coalesce(Span* span) {
@@ -165,6 +181,9 @@ bool PageHeap::release_pages(Span* span) {
   if (span->released) return true;
   if (!os::release(reinterpret_cast<void*>(span->start), span->bytes)) return false;
   span->released = true;
+  // Its entries inside describe pages nobody may use now: after a peak they would hold a
+  // megabyte of span map per gigabyte of address space resident.
+  forget_interior(span, span->start, span->bytes);
   return true;
 }
 

@@ -75,7 +75,10 @@ class PageHeap {
   // Unreleased free bytes above which deallocate() releases at once.
   size_t retain_limit() const { return kRetainBytes + (system_bytes_ - free_bytes_) / 4; }
   // Gives a span on no list back to the OS; false where madvise was refused.
-  static bool release_pages(Span* span);
+  bool release_pages(Span* span);
+  // Clears the span-map entries of the pages of [start, start + bytes) inside a released span
+  // (all but its first and last page) and gives back the entry pages that leaves all zero.
+  void forget_interior(Span* span, uintptr_t start, size_t bytes);
   // Takes off the free lists the resident spans freed at least `min_age` ms before `now`,
   // linked through `next`.
   Span* take_resident_locked(uint64_t now, uint64_t min_age);

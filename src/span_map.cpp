@@ -32,6 +32,8 @@ bool SpanMap::ensure_locked(uintptr_t start, size_t bytes) {
     if (leaf == nullptr) return false;
     root_[index].store(leaf, std::memory_order_release);
     leaves_.fetch_add(1, std::memory_order_relaxed);
+    if (index < roots_used_begin_ || roots_used_end_ == 0) roots_used_begin_ = index;
+    if (index >= roots_used_end_) roots_used_end_ = index + 1;
   }
   return true;
 }
@@ -45,10 +47,12 @@ size_t SpanMap::release_unused_leaves() {
   LockGuard guard(lock_);
   constexpr size_t kBatch = 64;
   size_t released = 0;
-  for (size_t index = 0; index < (size_t{1} << kRootBits);) {
+  // Only the root entries ever used are read: reading the rest of the root's megabyte would
+  // make its pages resident (reads of untouched memory count in RSS on some kernels).
+  for (size_t index = roots_used_begin_; index < roots_used_end_;) {
     Leaf* unused[kBatch];
     size_t indexes[kBatch], n = 0;
-    for (; index < (size_t{1} << kRootBits) && n < kBatch; ++index) {
+    for (; index < roots_used_end_ && n < kBatch; ++index) {
       Leaf* leaf = root_[index].load(std::memory_order_relaxed);
       if (leaf == nullptr || live_[index].load(std::memory_order_relaxed) != 0) continue;
       unused[n] = leaf;
@@ -68,6 +72,60 @@ size_t SpanMap::release_unused_leaves() {
     released += n * sizeof(Leaf);
   }
   return released;
+}
+
+void SpanMap::pin(uintptr_t start, size_t bytes) {
+  uintptr_t first = start >> kPageShift, last = (start + bytes - 1) >> kPageShift;
+  for (uintptr_t index = first >> kLeafBits; index <= last >> kLeafBits; ++index)
+    live_[index].fetch_add(1, std::memory_order_relaxed);
+}
+
+size_t SpanMap::resident_leaf_bytes() {
+  LockGuard guard(lock_);
+  size_t resident = 0;
+  for (size_t index = roots_used_begin_; index < roots_used_end_; ++index)
+    if (Leaf* leaf = root_[index].load(std::memory_order_relaxed)) resident += os::resident_bytes(leaf, sizeof(Leaf));
+  return resident;
+}
+
+void SpanMap::forget_range(uintptr_t start, size_t bytes, uintptr_t owned_start, uintptr_t owned_end) {
+  uintptr_t first = start >> kPageShift, end = (start + bytes) >> kPageShift;
+  for (uintptr_t page = first; page < end;) {
+    uintptr_t leaf_index = page >> kLeafBits, leaf_end = (leaf_index + 1) << kLeafBits;
+    uintptr_t stop = end < leaf_end ? end : leaf_end;
+    Leaf* leaf = root_[leaf_index].load(std::memory_order_relaxed);
+    int32_t cleared = 0;
+    for (; page < stop; ++page) {
+      std::atomic<uintptr_t>& entry = leaf->entries[page & (kLeafEntries - 1)];
+      if (entry.load(std::memory_order_relaxed) == 0) continue;
+      entry.store(0, std::memory_order_relaxed);
+      ++cleared;
+    }
+    if (cleared != 0) live_[leaf_index].fetch_sub(cleared, std::memory_order_relaxed);
+  }
+  release_zero_entry_pages(first, end, owned_start >> kPageShift, owned_end >> kPageShift);
+}
+
+void SpanMap::release_zero_entry_pages(uintptr_t first, uintptr_t end, uintptr_t owned_first, uintptr_t owned_end) {
+  // Each page of entries describes a group of heap pages; it can be dropped only when the whole
+  // group is owned, since then nobody writes to it meanwhile. Neighbouring ones go in one call.
+  const uintptr_t group_pages = os::hardware_page_size() / sizeof(uintptr_t);
+  uintptr_t run_start = 0, run_end = 0;  // all-zero pages of entries not yet given back
+  auto flush = [&] {
+    if (run_end != run_start) os::release(reinterpret_cast<void*>(run_start), run_end - run_start);
+    run_start = run_end = 0;
+  };
+  for (uintptr_t group = first & ~(group_pages - 1); group < end; group += group_pages) {
+    bool zero = group >= owned_first && group + group_pages <= owned_end;
+    std::atomic<uintptr_t>* entries = &leaf_of(group)->entries[group & (kLeafEntries - 1)];
+    for (uintptr_t i = 0; i < group_pages && zero; ++i) zero = entries[i].load(std::memory_order_relaxed) == 0;
+    uintptr_t address = reinterpret_cast<uintptr_t>(entries);
+    if (!zero || address != run_end) flush();
+    if (!zero) continue;
+    if (run_start == 0) run_start = address;
+    run_end = address + group_pages * sizeof(uintptr_t);
+  }
+  flush();
 }
 
 void SpanMap::set_range(uintptr_t start, size_t bytes, Span* span) {

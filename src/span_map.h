@@ -1,7 +1,9 @@
 // The span map: from any address the allocator handed out to the span descriptor that owns it.
 // A two-level radix tree over 8 KiB page numbers: a root of 2^17 leaf pointers in .bss (1 MiB of
 // address space, touched only where used) and leaves of 2^18 entries (2 GiB of address space
-// each) mapped on demand, and unmapped again (release_unused_leaves) once they hold no entry.
+// each) mapped on demand, and unmapped again (release_unused_leaves) once they hold no entry,
+// unless pinned (the page heap's). Inside a leaf, the pages of entries that describe only
+// released free pages are given back too (forget_range).
 //
 // Lookups that may reach a leaf that can be released (every lookup of a pointer the program
 // passes in: free, realloc, malloc_usable_size) hold the read side of structure_lock(), a
@@ -73,6 +75,18 @@ class SpanMap {
   void set_range(uintptr_t start, size_t bytes, Span* span);
   void set_small_span(Span* span, unsigned size_class);
 
+  // Keeps the leaves of an ensure()d range mapped for good, entries or not: for memory that
+  // never goes back to the OS (the page heap's), whose entries forget_range() may clear. Called
+  // by the range's owner, which must keep release_unused_leaves() from running meanwhile.
+  void pin(uintptr_t start, size_t bytes);
+  // For a released free span, which needs entries only at its ends: clears the entries of the
+  // pages of [start, start + bytes), in pinned leaves, then gives back to the OS the pages of
+  // entries, among those the range touches, that are all zero and describe only pages of
+  // [owned_start, owned_end). The caller owns that range: nobody else writes its entries
+  // meanwhile (the page heap's lock). Readers may still look: they find 0, which they take for
+  // an address the allocator never handed out.
+  void forget_range(uintptr_t start, size_t bytes, uintptr_t owned_start, uintptr_t owned_end);
+
   Mutex& lock() { return lock_; }
 
   // Unmaps every leaf that holds no entry; returns the bytes given back. Takes lock() and the
@@ -80,6 +94,8 @@ class SpanMap {
   // with the page heap's lock held, which keeps the page heap from filling a leaf meanwhile).
   size_t release_unused_leaves();
   size_t leaf_bytes() const { return leaves_.load(std::memory_order_relaxed) * sizeof(Leaf); }
+  // What the leaves hold resident (mincore). Takes lock().
+  size_t resident_leaf_bytes();
   static constexpr size_t leaf_bytes_per_leaf() { return sizeof(Leaf); }
 
   sync::Prwlock& structure_lock() { return structure_lock_; }
@@ -97,10 +113,15 @@ class SpanMap {
     if ((old == 0) != (entry == 0)) live_[page >> kLeafBits].fetch_add(entry != 0 ? 1 : -1, std::memory_order_relaxed);
   }
   Leaf* leaf_of(uintptr_t page) const { return root_[page >> kLeafBits].load(std::memory_order_relaxed); }
+  // madvises the runs of all-zero entry pages for heap pages [first, end) within [owned_first, owned_end).
+  void release_zero_entry_pages(uintptr_t first, uintptr_t end, uintptr_t owned_first, uintptr_t owned_end);
 
   std::atomic<Leaf*> root_[size_t{1} << kRootBits] = {};
-  std::atomic<int32_t> live_[size_t{1} << kRootBits] = {};  // non-zero entries per leaf
+  std::atomic<int32_t> live_[size_t{1} << kRootBits] = {};  // non-zero entries per leaf, plus pins
   std::atomic<size_t> leaves_{0};
+  // The root indexes ever given a leaf (none while end is 0). Zero-initialized, so that this
+  // object stays in .bss: a non-zero member would put its 1.5 MiB into the library's file.
+  size_t roots_used_begin_ = 0, roots_used_end_ = 0;
   Leaf* spare_ = nullptr;
   Mutex lock_;  // serializes leaf creation, release and the spare
   sync::Prwlock structure_lock_{0};

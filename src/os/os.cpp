@@ -58,6 +58,22 @@ void* remap(void* addr, size_t old_bytes, size_t new_bytes) {
 
 bool release(void* addr, size_t bytes) { return ::madvise(addr, bytes, MADV_DONTNEED) == 0; }
 
+size_t resident_bytes(const void* addr, size_t bytes) {
+  const size_t page = hardware_page_size();
+  unsigned char in_core[256];
+  size_t resident = 0;
+  int saved_errno = errno;
+  for (size_t done = 0; done < bytes;) {
+    size_t chunk = bytes - done < sizeof(in_core) * page ? bytes - done : sizeof(in_core) * page;
+    void* start = const_cast<char*>(static_cast<const char*>(addr) + done);
+    if (::mincore(start, chunk, in_core) != 0) break;
+    for (size_t i = 0; i < (chunk + page - 1) / page; ++i) resident += (in_core[i] & 1) * page;
+    done += chunk;
+  }
+  errno = saved_errno;
+  return resident;
+}
+
 void populate_for_write(void* addr, size_t bytes) {
   int saved_errno = errno;
   ::madvise(addr, bytes, MADV_POPULATE_WRITE);

@@ -29,6 +29,10 @@ void* remap(void* addr, size_t old_bytes, size_t new_bytes);
 // Returns false where madvise was refused (the memory then stays resident, nothing is lost).
 bool release(void* addr, size_t bytes);
 
+// How many bytes of [addr, addr + bytes) (page-aligned) are resident (mincore); 0 where the
+// kernel refuses. For statistics and tests.
+size_t resident_bytes(const void* addr, size_t bytes);
+
 // Faults in [addr, addr + bytes) for writing in one system call (MADV_POPULATE_WRITE, Linux
 // 5.14), for a range about to be written whole: one call instead of a page fault per page.
 // Where the kernel refuses, nothing happens and the writes fault the pages in as usual.

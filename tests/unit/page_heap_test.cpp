@@ -139,6 +139,38 @@ TEST_CASE("page heap releases free pages to the OS and counts them") {
   heap.deallocate(again);
 }
 
+TEST_CASE("released spans keep span-map entries only at their ends, and the map's pages go back") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  // Two neighbours cut from one growth, released one after the other so that the second merges
+  // with the first as released spans.
+  heap.deallocate(take(heap, 4096));
+  Span* low = take(heap, 2048);
+  Span* high = take(heap, 2048);
+  REQUIRE(low->end() == high->start);
+  const uintptr_t start = low->start, junction = high->start, end = high->end();
+  size_t resident_in_use = map.resident_leaf_bytes();
+  REQUIRE(resident_in_use >= 2 * 2048 * sizeof(uintptr_t));
+  heap.deallocate(high);
+  heap.release_free_pages();
+  heap.deallocate(low);
+  heap.release_free_pages();
+  REQUIRE(heap.stats().free_spans == 1);
+  REQUIRE(map.resident_leaf_bytes() <= resident_in_use / 4);
+  Span* free_span = map.lookup(start);
+  REQUIRE(free_span->state == SpanState::kFree);
+  REQUIRE(free_span->start == start);
+  REQUIRE(map.lookup(end - 1) == free_span);
+  for (uintptr_t addr : {start + kPageSize, junction - kPageSize, junction, end - 2 * kPageSize})
+    REQUIRE(map.lookup(addr) == nullptr);
+  // A span cut from it again is named on every page, and the rest at its ends.
+  Span* again = take(heap, 3);
+  for (size_t i = 0; i < 3; ++i) REQUIRE(map.lookup(again->start + i * kPageSize) == again);
+  REQUIRE(map.lookup(again->end())->state == SpanState::kFree);
+  REQUIRE(map.lookup(end - 1) == map.lookup(again->end()));
+  heap.deallocate(again);
+}
+
 TEST_CASE("large mappings are aligned, recorded at their first page, and resizable") {
   static SpanMap map;
   static PageHeap heap(map);

@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "os/os.h"
 #include "span_map.h"
 
 using namespace fastmalloc;
@@ -42,6 +43,39 @@ TEST_CASE("span map ranges that cross a leaf boundary") {
   map.set_range(start, 4 * kPageSize, &s);
   for (uintptr_t p = start; p < start + 4 * kPageSize; p += kPageSize / 2) REQUIRE(map.lookup(p) == &s);
   REQUIRE(map.lookup(start + 4 * kPageSize) == nullptr);
+}
+
+TEST_CASE("forgetting a range clears its entries and drops the pages of entries left all zero") {
+  static SpanMap map;
+  Span s{}, neighbour{};
+  const uintptr_t page = os::hardware_page_size();
+  const uintptr_t leaf_span = kPageSize << SpanMap::kLeafBits;  // 2 GiB
+  const uintptr_t group = page / sizeof(uintptr_t) * kPageSize;  // what one page of entries describes
+  // Ten groups' worth, unaligned, across the boundary of two leaves; a neighbour right after.
+  const uintptr_t boundary = 5 * leaf_span, start = boundary - 5 * group + 3 * kPageSize, bytes = 10 * group;
+  const uintptr_t end = start + bytes;
+  REQUIRE(map.ensure(start, bytes + kPageSize));
+  map.pin(start, bytes);
+  map.set_range(start, bytes, &s);
+  map.set(end, &neighbour);
+  REQUIRE(map.resident_leaf_bytes() >= 11 * page);
+
+  map.forget_range(start + kPageSize, bytes - 2 * kPageSize, start + kPageSize, end - kPageSize);
+  // Left: the page of entries holding `start`, and the one holding the last page and the
+  // neighbour (not wholly inside the range, so never dropped).
+  REQUIRE(map.resident_leaf_bytes() <= 2 * page);
+  REQUIRE(map.lookup(start) == &s);
+  REQUIRE(map.lookup(end - 1) == &s);
+  REQUIRE(map.lookup(end) == &neighbour);
+  for (uintptr_t addr : {start + kPageSize, boundary - kPageSize, boundary, boundary + 3 * group, end - 2 * kPageSize})
+    REQUIRE(map.lookup(addr) == nullptr);
+  // The second leaf now holds only the neighbour's entry; cleared, it stays mapped (pinned).
+  map.set(end, nullptr);
+  map.set(end - kPageSize, nullptr);
+  map.release_unused_leaves();
+  REQUIRE(map.leaf_bytes() == 2 * SpanMap::leaf_bytes_per_leaf());
+  map.set(boundary + 3 * group, &s);
+  REQUIRE(map.lookup(boundary + 3 * group) == &s);
 }
 
 TEST_CASE("a reserved spare leaf lets ensure_locked succeed") {
