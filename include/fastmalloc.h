@@ -37,6 +37,8 @@ size_t fastmalloc_release_memory(void) FASTMALLOC_NOEXCEPT;
  *                           blocks' mappings
  *   "heap_bytes"            mapped from the OS: pages for small blocks plus large blocks
  *   "cpu_cache_bytes"       free blocks in the per-CPU caches
+ *   "cpu_cache_resident_bytes"  memory the per-CPU caches' own arrays hold resident (the
+ *                           blocks themselves are not in it); a drained cache gives it back
  *   "transfer_cache_bytes"  free blocks in the transfer caches
  *   "central_free_bytes"    free space inside the spans the size classes own
  *   "page_heap_free_bytes"  free pages in the page heap (released ones included)

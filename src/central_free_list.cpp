@@ -108,6 +108,31 @@ void CentralFreeList::deallocate_batch(void* const* objects, int n) {
   store(live_, load(live_) - static_cast<uint64_t>(n));
 }
 
+size_t CentralFreeList::release_empty_spans() {
+  LockGuard guard(lock_);
+  return release_empty_spans_locked();
+}
+
+void CentralFreeList::release_idle() {
+  LockGuard guard(lock_);
+  uint64_t allocations = load(allocations_);
+  if (allocations == allocations_at_idle_check_) release_empty_spans_locked();
+  allocations_at_idle_check_ = allocations;
+}
+
+size_t CentralFreeList::release_empty_spans_locked() {
+  size_t released = 0;
+  for (Span *span = nonempty_.first(), *next; span != nullptr; span = next) {
+    next = span->next;
+    if (span->live != 0) continue;
+    nonempty_.remove(span);
+    store(spans_, load(spans_) - 1);
+    g_page_heap.deallocate(span);
+    ++released;
+  }
+  return released;
+}
+
 CentralStats CentralFreeList::stats() const {
   return CentralStats{load(live_), load(spans_), load(allocations_), load(span_misses_)};
 }

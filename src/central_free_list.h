@@ -33,6 +33,13 @@ class CentralFreeList {
   // detectable double free: an object whose span has no live object.
   void deallocate_batch(void* const* objects, int n);
 
+  // Gives every span with no live object back to the page heap, the one push() keeps for reuse
+  // included (malloc_trim). Returns how many went.
+  size_t release_empty_spans();
+  // The same, once per decay period from the slow paths, if the class handed out nothing since
+  // the last call: a kept span nobody needed for a whole period.
+  void release_idle();
+
   CentralStats stats() const;
   Mutex& lock() { return lock_; }
 
@@ -40,10 +47,12 @@ class CentralFreeList {
   Span* new_span();
   void* pop(Span* span);
   void push(Span* span, void* p);
+  size_t release_empty_spans_locked();
 
   Mutex lock_;
   SpanList nonempty_;  // spans with at least one free object
   const unsigned size_class_;
+  uint64_t allocations_at_idle_check_ = 0;  // under lock_: allocations_ at the last release_idle()
   // Written under lock_, read without it by stats().
   std::atomic<uint64_t> live_{0}, spans_{0}, allocations_{0}, span_misses_{0};
 };

@@ -325,6 +325,13 @@ void drain_owned_slab(uint32_t index) {
     control.end[cls].store(g_initial_end[cls], std::memory_order_relaxed);
     control.capacity_bytes += class_bytes(cls, g_initial_end[cls] - kLayout.begin[cls]);
   }
+  // Its slots hold nothing now, and no section can commit on it: their pages go back to the OS
+  // (a quarter of a megabyte per CPU) and come back zeroed as pushes reach them. The first page
+  // holds the headers and the last the free-hit counter, so both stay.
+  uintptr_t page = os::hardware_page_size();
+  uintptr_t slots = round_up(reinterpret_cast<uintptr_t>(s + kNumClasses), page);
+  uintptr_t slots_end = reinterpret_cast<uintptr_t>(s + arch::kFreeHitsWord) & ~(page - 1);
+  if (slots < slots_end) os::release(reinterpret_cast<void*>(slots), slots_end - slots);
 }
 
 // Lowers each class's end to its shrink_to (where set), moving out what sits above. The caller
@@ -430,7 +437,8 @@ void scan_slabs() {
 
 // Work that needs time to pass, run from the slow paths (a miss every few dozen calls at most)
 // with no lock held: the page heap's decay, and once per decay period (at least 100 ms) the
-// idle slabs and the transfer caches' idle stock. One coarse clock read (vDSO) per call.
+// idle slabs, the transfer caches' idle stock and the central lists' idle empty spans. One
+// coarse clock read (vDSO) per call.
 std::atomic<uint64_t> g_next_idle_scan_ms{0};
 
 void periodic_work() {
@@ -441,7 +449,10 @@ void periodic_work() {
   uint64_t period = g_page_heap.decay_ms() > 100 ? g_page_heap.decay_ms() : 100;
   if (!g_next_idle_scan_ms.compare_exchange_strong(due, now + period, std::memory_order_relaxed)) return;
   if (is_set_up()) scan_slabs();
-  for (unsigned cls = 1; cls < kNumClasses; ++cls) transfer_cache(cls).release_idle();
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    transfer_cache(cls).release_idle();
+    central_list(cls).release_idle();
+  }
 }
 
 // Runs op(slab) on the calling thread's slab, owned the way the mode requires: under its lock
@@ -563,6 +574,7 @@ CacheStats cache_stats() {
     if (!g_control[i].ready.load(std::memory_order_acquire)) continue;
     ++stats.slabs_in_use;
     const uint64_t* s = slab(i);
+    stats.resident_bytes += os::resident_bytes(s, arch::kSlabBytes);
     stats.alloc_hits += __atomic_load_n(&s[arch::kAllocHitsWord], __ATOMIC_RELAXED);
     stats.free_hits += __atomic_load_n(&s[arch::kFreeHitsWord], __ATOMIC_RELAXED);
     for (unsigned cls = 1; cls < kNumClasses; ++cls) {

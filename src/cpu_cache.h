@@ -66,6 +66,7 @@ struct CacheStats {
   uint64_t alloc_hits, alloc_misses, free_hits, free_misses;
   uint64_t cached_bytes;  // objects sitting in the slabs now
   uint32_t slabs_in_use;  // slabs set up: CPUs (or mm_cids) that have allocated
+  uint64_t resident_bytes;  // of those slabs' memory, what is resident (a drain gives slots back)
   bool can_drain_remote;
 };
 CacheStats cache_stats();

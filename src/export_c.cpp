@@ -103,7 +103,10 @@ FM_EXPORT int __posix_memalign(void** out, size_t align, size_t size) noexcept {
 // Everything the caches hold goes back to the spans, and every free page to the OS.
 FM_EXPORT size_t fastmalloc_release_memory(void) noexcept {
   cache_drain_all();
-  for (unsigned cls = 1; cls < kNumClasses; ++cls) transfer_cache(cls).drain();
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    transfer_cache(cls).drain();
+    central_list(cls).release_empty_spans();
+  }
   sync::rcu_barrier();  // retired span descriptors back to their pool
   size_t released = g_page_heap.release_free_pages();
   sync::rcu_barrier();  // the descriptors of the spans it merged too

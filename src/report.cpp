@@ -55,6 +55,7 @@ void print_stats() {
   m.text(" alloc_misses=").dec(t.cache.alloc_misses);
   if (t.cache.hits_counted) m.text(" free_hits=").dec(t.cache.free_hits);
   m.text(" free_misses=").dec(t.cache.free_misses);
+  m.text(" resident_bytes=").dec(t.cache.resident_bytes);
   m.text(" cached_bytes=").dec(t.cache.cached_bytes).text(" caches=").dec(t.cache.slabs_in_use).text("\n").flush();
   m.text("fastmalloc: transfer_cache: hits=").dec(t.transfer_hits).text(" misses=").dec(t.transfer_misses);
   m.text(" cached_bytes=").dec(t.transfer_cache_bytes).text("\n").flush();
@@ -74,6 +75,7 @@ bool lookup_property(const Totals& t, const char* name, size_t* value) {
       {"allocated_bytes", t.small_in_use_bytes + t.heap.large_bytes},
       {"heap_bytes", t.heap.system_bytes + t.heap.large_bytes},
       {"cpu_cache_bytes", t.cache.cached_bytes},
+      {"cpu_cache_resident_bytes", t.cache.resident_bytes},
       {"transfer_cache_bytes", t.transfer_cache_bytes},
       {"central_free_bytes", t.small_free_bytes},
       {"page_heap_free_bytes", t.heap.free_bytes},

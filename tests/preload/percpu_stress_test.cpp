@@ -157,6 +157,43 @@ TEST_CASE("malloc_trim empties every CPU's cache, the ones other threads filled 
   }
 }
 
+TEST_CASE("a drained cache gives the pages of its slots back") {
+  using GetProperty = int (*)(const char*, size_t*);
+  auto get_property = reinterpret_cast<GetProperty>(dlsym(RTLD_DEFAULT, "fastmalloc_get_property"));
+  REQUIRE(get_property != nullptr);
+  auto property = [&](const char* name) {
+    size_t value = 0;
+    REQUIRE(get_property(name, &value) == 0);
+    return value;
+  };
+  // Every CPU's cache gets blocks of every class up to 16 KiB, so most of its slots' pages are
+  // written.
+  for (int cpu : allowed_cpus()) {
+    std::thread([cpu] {
+      pin_to(cpu);
+      std::vector<void*> blocks;
+      for (size_t size = 16; size <= 16384; size += size / 8)
+        for (int i = 0; i < 40; ++i) blocks.push_back(malloc(size));
+      for (void* p : blocks) free(p);
+    }).join();
+  }
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t slabs = static_cast<size_t>(sysconf(_SC_NPROCESSORS_CONF));  // one per possible CPU at most
+  size_t before = property("cpu_cache_resident_bytes");
+  malloc_trim(0);
+  size_t after = property("cpu_cache_resident_bytes");
+  INFO("resident before " << before << ", after " << after);
+  if (getenv("FM_TEST_NO_MADVISE") != nullptr) {
+    REQUIRE(after == before);  // madvise refused: the pages stay, and nothing else breaks
+  } else if (property("remote_drain") == 1) {
+    // What stays: each slab's first page (headers) and last (a counter).
+    REQUIRE(before > 2 * page * slabs + 16 * page);
+    REQUIRE(after <= 2 * page * slabs);
+  } else {
+    REQUIRE(after <= before);  // remote caches are left whole
+  }
+}
+
 // FASTMALLOC_STATS=1 (the mode tests run the suite so) turns on counting of hits.
 static bool stats_enabled() {
   const char* value = getenv("FASTMALLOC_STATS");

@@ -58,6 +58,25 @@ TEST_CASE("central lists hand out distinct objects of their class, across severa
   }
 }
 
+TEST_CASE("malloc_trim's release gives back the empty span a list keeps, and only empty ones") {
+  const unsigned cls = size_to_class(3000);
+  CentralFreeList list(cls);
+  const int per_span = static_cast<int>(size_class(cls).objects);
+  std::vector<void*> objects(per_span);
+  for (int got = 0; got < per_span;) got += list.allocate_batch(objects.data() + got, per_span - got);
+  REQUIRE(list.stats().spans == 1);
+  list.deallocate_batch(objects.data(), per_span - 1);
+  REQUIRE(list.release_empty_spans() == 0);  // one object is still live
+  Span* span = g_span_map.lookup(reinterpret_cast<uintptr_t>(objects[0]));
+  REQUIRE(span->state == SpanState::kSmall);
+  REQUIRE(span->size_class == cls);
+  list.deallocate_batch(&objects[per_span - 1], 1);
+  REQUIRE(list.stats().spans == 1);  // the class's only span is kept for the next allocation
+  REQUIRE(list.release_empty_spans() == 1);
+  REQUIRE(list.stats().spans == 0);
+  REQUIRE(g_span_map.lookup(reinterpret_cast<uintptr_t>(objects[0]))->state != SpanState::kSmall);
+}
+
 TEST_CASE("central lists reuse returned objects before carving new ones") {
   CentralFreeList list(5);
   void* batch[4];
@@ -85,4 +104,22 @@ TEST_CASE("a batch carves at most a page beyond its first object; free objects c
     REQUIRE(list.allocate_batch(again, carved) == carved);
     list.deallocate_batch(again, carved);
   }
+}
+
+TEST_CASE("a class that hands nothing out for a whole period gives its kept span back") {
+  CentralFreeList list(size_to_class(5000));
+  void* object;
+  REQUIRE(list.allocate_batch(&object, 1) == 1);
+  list.deallocate_batch(&object, 1);
+  REQUIRE(list.stats().spans == 1);  // kept
+  list.release_idle();               // it allocated since the last check: kept
+  REQUIRE(list.stats().spans == 1);
+  list.release_idle();  // nothing handed out for a period
+  REQUIRE(list.stats().spans == 0);
+  REQUIRE(list.allocate_batch(&object, 1) == 1);
+  list.deallocate_batch(&object, 1);
+  list.release_idle();
+  REQUIRE(list.stats().spans == 1);
+  list.release_idle();
+  REQUIRE(list.stats().spans == 0);
 }
