@@ -95,11 +95,13 @@ void CentralFreeList::push(Span* span, void* p) {
   if (!span->on_list) nonempty_.push_front(span);
   // An empty span goes back to the page heap, unless it is the class's only one: a program that
   // allocates and frees one object in a loop should not take a span each time.
-  if (span->live == 0 && nonempty_.length() > 1) {
-    nonempty_.remove(span);
-    store(spans_, load(spans_) - 1);
-    g_page_heap.deallocate(span);
-  }
+  if (span->live == 0 && nonempty_.length() > 1) give_back(span);
+}
+
+void CentralFreeList::give_back(Span* span) {
+  nonempty_.remove(span);
+  store(spans_, load(spans_) - 1);
+  g_page_heap.deallocate(span);
 }
 
 void CentralFreeList::deallocate_batch(void* const* objects, int n) {
@@ -125,9 +127,7 @@ size_t CentralFreeList::release_empty_spans_locked() {
   for (Span *span = nonempty_.first(), *next; span != nullptr; span = next) {
     next = span->next;
     if (span->live != 0) continue;
-    nonempty_.remove(span);
-    store(spans_, load(spans_) - 1);
-    g_page_heap.deallocate(span);
+    give_back(span);
     ++released;
   }
   return released;

@@ -48,6 +48,8 @@ class CentralFreeList {
   void* pop(Span* span);
   void push(Span* span, void* p);
   size_t release_empty_spans_locked();
+  // An empty span leaves the class for the page heap.
+  void give_back(Span* span);
 
   Mutex lock_;
   SpanList nonempty_;  // spans with at least one free object

@@ -141,15 +141,15 @@ void PageHeap::forget_interior(Span* span, uintptr_t start, size_t bytes) {
 
 Span* PageHeap::coalesce(Span* span) {
   // A neighbour on no list is waiting in release_list_locked(), which merges it in its turn.
-  if (Span* left = map_.lookup(span->start - 1); left != nullptr && left != span && left->state == SpanState::kFree &&
-                                                 left->on_list && left->end() == span->start &&
-                                                 left->released == span->released) {
+  auto joins = [span](const Span* neighbour) {
+    return neighbour != nullptr && neighbour != span && neighbour->state == SpanState::kFree && neighbour->on_list &&
+           neighbour->released == span->released;
+  };
+  if (Span* left = map_.lookup(span->start - 1); joins(left) && left->end() == span->start) {
     remove_free(left);
     span = merge(span, left);
   }
-  if (Span* right = map_.lookup(span->end()); right != nullptr && right != span && right->state == SpanState::kFree &&
-                                              right->on_list && right->start == span->end() &&
-                                              right->released == span->released) {
+  if (Span* right = map_.lookup(span->end()); joins(right) && right->start == span->end()) {
     remove_free(right);
     span = merge(span, right);
   }
@@ -209,21 +209,7 @@ void PageHeap::release_over_cap_locked(uint64_t now) {
   uint64_t min_age = shrank ? 0 : decay / 4 > kCapIntervalMs ? decay / 4 : kCapIntervalMs;
   next_cap_release_ms_ = now + kCapIntervalMs;
   size_t resident = free_bytes_ - released_bytes_, target = retain_limit() / 2;
-  // bins_[0] holds the longest spans, then the exact bins from long to short: fewest system
-  // calls per byte.
-  Span* chosen = nullptr;
-  for (size_t n = 0; n < kBins && resident > target; ++n) {
-    SpanList& bin = bins_[n == 0 ? 0 : kBins - n];
-    for (Span *s = bin.first(), *next; s != nullptr && resident > target; s = next) {
-      next = s->next;
-      if (s->released || now - s->free_since_ms < min_age) continue;
-      resident -= s->bytes;
-      remove_free(s);
-      s->next = chosen;
-      chosen = s;
-    }
-  }
-  release_list_locked(chosen);
+  if (resident > target) release_list_locked(take_resident_locked(now, min_age, resident - target));
 }
 
 uint64_t PageHeap::decay_ms() {
@@ -242,19 +228,25 @@ void PageHeap::decay_locked(uint64_t now) {
   next_decay_scan_ms_.store(now + period, std::memory_order_relaxed);
   peak_in_use_ = system_bytes_ - free_bytes_;
   if (free_bytes_ == released_bytes_) return;
-  release_list_locked(take_resident_locked(now, decay));
+  release_list_locked(take_resident_locked(now, decay, kAllBytes));
 }
 
-Span* PageHeap::take_resident_locked(uint64_t now, uint64_t min_age) {
+Span* PageHeap::take_resident_locked(uint64_t now, uint64_t min_age, size_t bytes) {
   Span* taken = nullptr;
-  for (SpanList& bin : bins_)
-    for (Span *s = bin.first(), *next; s != nullptr; s = next) {
+  size_t taken_bytes = 0;
+  // bins_[0] holds the longest spans, then the exact bins from long to short: fewest system
+  // calls per byte.
+  for (size_t n = 0; n < kBins && taken_bytes < bytes; ++n) {
+    SpanList& bin = bins_[n == 0 ? 0 : kBins - n];
+    for (Span *s = bin.first(), *next; s != nullptr && taken_bytes < bytes; s = next) {
       next = s->next;
       if (s->released || now - s->free_since_ms < min_age) continue;
+      taken_bytes += s->bytes;
       remove_free(s);
       s->next = taken;
       taken = s;
     }
+  }
   return taken;
 }
 
@@ -267,7 +259,7 @@ void PageHeap::decay_tick(uint64_t now) {
 size_t PageHeap::release_free_pages() {
   LockGuard guard(lock_);
   size_t before = released_bytes_;
-  release_list_locked(take_resident_locked(os::now_ms(), 0));
+  release_list_locked(take_resident_locked(os::now_ms(), 0, kAllBytes));
   // Leaves emptied by large blocks that went away; the page heap's own leaves never empty.
   map_.release_unused_leaves();
   return released_bytes_ - before;

@@ -79,9 +79,10 @@ class PageHeap {
   // Clears the span-map entries of the pages of [start, start + bytes) inside a released span
   // (all but its first and last page) and gives back the entry pages that leaves all zero.
   void forget_interior(Span* span, uintptr_t start, size_t bytes);
-  // Takes off the free lists the resident spans freed at least `min_age` ms before `now`,
-  // linked through `next`.
-  Span* take_resident_locked(uint64_t now, uint64_t min_age);
+  // Takes off the free lists resident spans freed at least `min_age` ms before `now`, longest
+  // first, until they add up to `bytes` or more (kAllBytes: all of them); linked through `next`.
+  static constexpr size_t kAllBytes = ~size_t{0};
+  Span* take_resident_locked(uint64_t now, uint64_t min_age, size_t bytes);
   // Releases each span of a list built as above, merges it with its released neighbours and
   // puts it back on the free lists.
   void release_list_locked(Span* list);
