@@ -55,6 +55,8 @@ bool decode_link(const void* block, uintptr_t span_start, unsigned cls, void** n
 
 ObjectBits* create_object_bits() { return g_object_bits_pool.create(); }
 void destroy_object_bits(ObjectBits* bits) { g_object_bits_pool.destroy(bits); }
-size_t release_object_bits_pages() { return g_object_bits_pool.release_free_pages(); }
+size_t release_object_bits_pages(size_t min_growth_bytes) {
+  return g_object_bits_pool.release_free_pages(min_growth_bytes);
+}
 
 }  // namespace fastmalloc

@@ -91,7 +91,8 @@ static_assert(kPageSize / 8 <= ObjectBits::kWords * 64);
 
 ObjectBits* create_object_bits();   // zeroed; nullptr when out of memory
 void destroy_object_bits(ObjectBits* bits);
-// Gives the OS the whole pages of freed bit sets (malloc_trim); returns the bytes released.
-size_t release_object_bits_pages();
+// Gives the OS the whole pages of freed bit sets; returns the bytes released. With
+// min_growth_bytes, only once that much has been freed since the last release (MetaPool).
+size_t release_object_bits_pages(size_t min_growth_bytes = 0);
 
 }  // namespace fastmalloc

@@ -437,9 +437,14 @@ void scan_slabs() {
 
 // Work that needs time to pass, run from the slow paths (a miss every few dozen calls at most)
 // with no lock held: the page heap's decay, and once per decay period (at least 100 ms) the
-// idle slabs, the transfer caches' idle stock and the central lists' idle empty spans. One
-// coarse clock read (vDSO) per call.
+// idle slabs, the transfer caches' idle stock, the central lists' idle empty spans and the
+// pages of freed metadata. One coarse clock read (vDSO) per call.
 std::atomic<uint64_t> g_next_idle_scan_ms{0};
+
+// Freed span descriptors give their pages back once this much has been freed since the last
+// time: after a peak (4.4 MB of descriptors for a 1.1 GB heap), not for the few that a
+// program's steady churn frees and takes again. The release sorts every free descriptor.
+constexpr size_t kMetadataReleaseMinBytes = 256 * 1024;
 
 void periodic_work() {
   uint64_t now = os::now_ms();
@@ -453,6 +458,8 @@ void periodic_work() {
     transfer_cache(cls).release_idle();
     central_list(cls).release_idle();
   }
+  g_span_pool.release_free_pages(kMetadataReleaseMinBytes);
+  release_object_bits_pages(kMetadataReleaseMinBytes);
 }
 
 // Runs op(slab) on the calling thread's slab, owned the way the mode requires: under its lock

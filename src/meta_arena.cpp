@@ -71,6 +71,7 @@ void* MetaArena::allocate(size_t bytes) {
 void* MetaFreeRuns::pop() {
   Run* run = head_;
   if (run == nullptr) return nullptr;
+  if (--count_ < low_water_) low_water_ = count_;
   if (run->count == 1) {
     head_ = run->next;
   } else {
@@ -91,12 +92,12 @@ void MetaFreeRuns::push(void* object) {
   run->count = 1;
   run->released = false;
   head_ = run;
-  pushed_ = true;
+  ++count_;
 }
 
-size_t MetaFreeRuns::release() {
-  if (!pushed_) return 0;
-  pushed_ = false;
+size_t MetaFreeRuns::release(size_t min_growth) {
+  if (count_ - low_water_ < (min_growth > 1 ? min_growth : 1)) return 0;
+  low_water_ = count_;
   head_ = sort_by_address(head_);
   size_t page = os::hardware_page_size(), released = 0;
   for (Run* run = head_; run != nullptr; run = run->next) {

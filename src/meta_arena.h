@@ -43,8 +43,11 @@ class MetaFreeRuns {
   void* pop();  // nullptr when empty
   void push(void* object);
   // Sorts the runs by address, merges neighbours, and releases every whole page of a run after
-  // its header, unless the run was released whole before. Returns the bytes it released.
-  size_t release();
+  // its header, unless the run was released whole before. Returns the bytes it released. Does
+  // nothing unless the list has grown by at least `min_growth` objects (and by one) over the
+  // fewest it held since the last release: the sort walks every free object, and a list that
+  // only went up and down by a few has little to give back.
+  size_t release(size_t min_growth = 1);
 
   struct Run {
     Run* next;
@@ -54,7 +57,10 @@ class MetaFreeRuns {
 
  private:
   Run* head_ = nullptr;
-  bool pushed_ = false;  // since the last release(): popping never makes a run releasable
+  size_t count_ = 0;
+  // The fewest objects on the list since the last release(): objects pushed above it may lie
+  // on pages not yet given back (popping never makes a run releasable).
+  size_t low_water_ = 0;
   const size_t stride_;
 };
 
@@ -78,9 +84,11 @@ class MetaPool {
     free_.push(object);
   }
 
-  size_t release_free_pages() {
+  // With min_growth_bytes, only once at least that many bytes of objects have been freed, net,
+  // since the last release (MetaFreeRuns::release).
+  size_t release_free_pages(size_t min_growth_bytes = 0) {
     LockGuard guard(g_meta_arena.lock());
-    return free_.release();
+    return free_.release(min_growth_bytes / kStride);
   }
 
  private:

@@ -95,3 +95,25 @@ TEST_CASE("meta pool: a page with a live object on it is never released") {
   CHECK(std::set<Record*>(again.begin(), again.end()) == std::set<Record*>(objects.begin(), objects.end()));
   for (Record* r : again) pool.destroy(r);
 }
+
+TEST_CASE("meta pool: a release that asks for growth waits until that much has been freed") {
+  static MetaPool<Record> pool;
+  constexpr size_t kObjects = 4096;
+  constexpr size_t kMinGrowth = 1024 * sizeof(Record);  // what the periodic release asks for
+  std::vector<Record*> objects = create_filled(pool, kObjects, 300);
+  for (size_t i = 0; i < 512; ++i) pool.destroy(objects[i]);
+  CHECK(pool.release_free_pages(kMinGrowth) == 0);  // 512 freed: not yet
+  for (size_t i = 512; i < kObjects; ++i) pool.destroy(objects[i]);
+  CHECK(pool.release_free_pages(kMinGrowth) >= kObjects * sizeof(Record) * 9 / 10);
+  CHECK(resident_pages(objects) <= 8);
+
+  // Churn takes objects and gives the same number back: the list never grows past its low point
+  // by the amount asked for, so nothing is sorted again.
+  for (int round = 0; round < 4; ++round) {
+    std::vector<Record*> taken = create_filled(pool, 700, 1);
+    for (Record* r : taken) pool.destroy(r);
+    CHECK(pool.release_free_pages(kMinGrowth) == 0);
+  }
+  // Without a minimum, what the churn left on fresh pages goes back.
+  CHECK(pool.release_free_pages() > 0);
+}
