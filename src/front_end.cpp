@@ -22,7 +22,9 @@
 //                               span state (written only under it), splitting and coalescing,
 //                               statistics of large blocks, decay (free_since_ms, madvise);
 //                               decay_tick() reads its next-scan time (a relaxed atomic hint)
-//                               without it and then only try_locks
+//                               without it and then only try_locks; the transfer caches read
+//                               its shrinking flag (written under it) the same way, and a
+//                               stale value only changes how much a stock keeps
 //   span map leaves             prwlock (SpanMap::structure_lock()): free() and span_of() look
 //                               up under its read side; releasing an empty leaf is its writer
 //                               (SpanMap::lock() held, signals blocked). Leaves are added

@@ -69,7 +69,9 @@ Span* PageHeap::grow(size_t pages) {
 
 Span* PageHeap::allocate(size_t pages, unsigned size_class) {
   LockGuard guard(lock_);
-  decay_locked(os::now_ms());
+  uint64_t now = os::now_ms();
+  last_handed_out_ms_ = now;
+  decay_locked(now);
   Span* span = take_free(pages);
   if (span == nullptr) {
     span = grow(pages);
@@ -78,7 +80,8 @@ Span* PageHeap::allocate(size_t pages, unsigned size_class) {
   }
   ++allocations_;
   remove_free(span);
-  if (system_bytes_ - free_bytes_ > peak_in_use_) peak_in_use_ = system_bytes_ - free_bytes_;
+  if (in_use() > recent_peak_in_use_) recent_peak_in_use_ = in_use();
+  note_shrinking_locked(now);
   if (span->pages() > pages) {
     // Split: the head gets a new descriptor and the tail keeps the old one, whose name its
     // pages already carry; the head's pages are all renamed below.
@@ -171,10 +174,29 @@ void PageHeap::deallocate(Span* span) {
   // A merged span keeps the age of the larger part: the age of most of its bytes. Taking the
   // newest would keep a long-free neighbour resident for as long as small spans join it.
   span = coalesce(span);
-  insert_free(span);
+  note_shrinking_locked(now);
+  // While the heap shrinks, whatever would take the resident free pages over the cap goes back
+  // now: the last frees of a program giving up most of its heap may be the last slow-path calls
+  // for a long time, and no scan would come by to release them.
+  if (decay_ms() != 0 && shrinking() && free_bytes_ - released_bytes_ + span->bytes > retain_limit()) {
+    span->next = nullptr;
+    release_list_locked(span);
+  } else {
+    insert_free(span);
+  }
   if (decay_ms() != 0 && free_bytes_ - released_bytes_ > retain_limit() && now >= next_cap_release_ms_)
     release_over_cap_locked(now);
   decay_locked(now);
+}
+
+void PageHeap::note_shrinking_locked(uint64_t now) {
+  size_t in_use_now = in_use();
+  bool shrinking = in_use_now * 2 < recent_peak_in_use_ && recent_peak_in_use_ - in_use_now >= kShrinkMinDrop &&
+                   now - last_handed_out_ms_ >= kCapIntervalMs;
+  // When a shrink starts, the free pages it finds resident go back at the next check, whenever
+  // the last cap release was.
+  if (shrinking && !shrinking_.load(std::memory_order_relaxed)) next_cap_release_ms_ = 0;
+  shrinking_.store(shrinking, std::memory_order_relaxed);
 }
 
 bool PageHeap::release_pages(Span* span) {
@@ -198,15 +220,13 @@ void PageHeap::release_list_locked(Span* list) {
 }
 
 void PageHeap::release_over_cap_locked(uint64_t now) {
-  // Spans freed less than a quarter of the decay time ago are left, unless the heap in use has
-  // halved since the last decay scan: a program that churns through more free pages than the
-  // cap (many threads, large classes) reuses them at once, and releasing them would only turn
-  // into page faults, while one that has just freed most of its heap will not reuse them. At
-  // most once per kCapIntervalMs, so a heap whose free pages are all young is not walked on
-  // every free.
+  // Spans freed less than a quarter of the decay time ago are left, unless the heap is
+  // shrinking: a program that churns through more free pages than the cap (many threads, large
+  // classes) reuses them at once, and releasing them would only turn into page faults, while
+  // one that has just freed most of its heap will not reuse them. At most once per
+  // kCapIntervalMs, so a heap whose free pages are all young is not walked on every free.
   uint64_t decay = decay_ms();
-  bool shrank = (system_bytes_ - free_bytes_) * 2 < peak_in_use_;
-  uint64_t min_age = shrank ? 0 : decay / 4 > kCapIntervalMs ? decay / 4 : kCapIntervalMs;
+  uint64_t min_age = shrinking() ? 0 : decay / 4 > kCapIntervalMs ? decay / 4 : kCapIntervalMs;
   next_cap_release_ms_ = now + kCapIntervalMs;
   size_t resident = free_bytes_ - released_bytes_, target = retain_limit() / 2;
   if (resident > target) release_list_locked(take_resident_locked(now, min_age, resident - target));
@@ -226,7 +246,9 @@ void PageHeap::decay_locked(uint64_t now) {
   if (now < next_decay_scan_ms_.load(std::memory_order_relaxed)) return;
   uint64_t period = decay / 4 > 10 ? decay / 4 : 10;
   next_decay_scan_ms_.store(now + period, std::memory_order_relaxed);
-  peak_in_use_ = system_bytes_ - free_bytes_;
+  size_t faded_peak = recent_peak_in_use_ - recent_peak_in_use_ / 8;
+  recent_peak_in_use_ = in_use() > faded_peak ? in_use() : faded_peak;
+  note_shrinking_locked(now);
   if (free_bytes_ == released_bytes_) return;
   release_list_locked(take_resident_locked(now, decay, kAllBytes));
 }

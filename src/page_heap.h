@@ -5,11 +5,17 @@
 // Free pages go back to the OS (madvise) on three occasions: when they have been free for the
 // decay time (FASTMALLOC_DECAY; checked by decay_tick() from the slow paths, at most four times
 // per decay period, and by the page heap's own calls); sooner, longest spans first, when the
-// free pages still resident exceed kRetainBytes plus a quarter of the pages in use, taking
-// those free for a quarter of the decay time, or any once the heap in use has halved since the
-// last scan (so a program that frees most of its heap gives it back while it frees, without
-// waiting for a slow path to come by, and one that churns through free pages keeps them); and
-// on malloc_trim (release_free_pages).
+// free pages still resident exceed the cap (retain_limit()), taking those free for a quarter
+// of the decay time; and on malloc_trim (release_free_pages).
+//
+// The heap is shrinking while the pages in use are fewer than half its recent peak (the most
+// in use, fading by an eighth per decay scan) and at least kShrinkMinDrop fewer, and no span
+// has been handed out for kCapIntervalMs. Then the cap is smaller, young spans go back too,
+// and a freed span that would take the resident free pages over the cap goes back at once: a
+// program that frees most of its heap gives it back while it frees, without waiting for a
+// slow path to come by. One that still takes spans keeps its free pages for them (threads
+// that churn on while others have finished: releasing would mean a madvise per freed span
+// and a page fault per page taken again), and so does a heap smaller than a few times the cap.
 #pragma once
 
 #include <atomic>
@@ -36,8 +42,13 @@ struct PageHeapStats {
 
 class PageHeap {
  public:
-  // Free pages kept resident beyond a quarter of the pages in use (see the top of this file).
+  // The cap on resident free pages (see the top of this file): kRetainBytes plus a quarter of
+  // the pages in use; while the heap shrinks, kShrinkingRetainBytes plus an eighth.
   static constexpr size_t kRetainBytes = size_t{32} << 20;
+  static constexpr size_t kShrinkingRetainBytes = size_t{4} << 20;
+  static constexpr size_t kShrinkMinDrop = 2 * kRetainBytes;
+  // The cap is enforced at most this often (but see the top of this file for a shrink).
+  static constexpr uint64_t kCapIntervalMs = 10;
 
   // `map` is where this heap records its spans (the process's g_span_map; tests give their own).
   explicit constexpr PageHeap(SpanMap& map) : map_(map) {}
@@ -67,13 +78,20 @@ class PageHeap {
 
   PageHeapStats stats();
   Mutex& lock() { return lock_; }
+  // Whether the heap is shrinking (see the top of this file); read without the lock, by caches
+  // that then keep less.
+  bool shrinking() const { return shrinking_.load(std::memory_order_relaxed); }
 
  private:
   static constexpr size_t kBins = 128;         // bins_[n]: free spans of n pages; bins_[0]: longer
   static constexpr size_t kGrowPages = 128;    // map at least 1 MiB at a time
 
-  // Unreleased free bytes above which deallocate() releases at once.
-  size_t retain_limit() const { return kRetainBytes + (system_bytes_ - free_bytes_) / 4; }
+  size_t in_use() const { return system_bytes_ - free_bytes_; }
+  // Unreleased free bytes above which deallocate() releases.
+  size_t retain_limit() const {
+    return shrinking() ? kShrinkingRetainBytes + in_use() / 8 : kRetainBytes + in_use() / 4;
+  }
+  void note_shrinking_locked(uint64_t now);
   // Gives a span on no list back to the OS; false where madvise was refused.
   bool release_pages(Span* span);
   // Clears the span-map entries of the pages of [start, start + bytes) inside a released span
@@ -120,9 +138,10 @@ class PageHeap {
   static constexpr uint64_t kDecayUnset = ~uint64_t{0};
   std::atomic<uint64_t> decay_ms_{kDecayUnset};  // from the options on first use (decay_ms())
   std::atomic<uint64_t> next_decay_scan_ms_{0};
-  static constexpr uint64_t kCapIntervalMs = 10;
   uint64_t next_cap_release_ms_ = 0;
-  size_t peak_in_use_ = 0;  // the most bytes in spans handed out since the last decay scan
+  size_t recent_peak_in_use_ = 0;  // the most bytes in use, fading by an eighth per decay scan
+  uint64_t last_handed_out_ms_ = 0;
+  std::atomic<bool> shrinking_{false};
 };
 
 extern PageHeap g_page_heap;

@@ -4,6 +4,8 @@
 #include <array>
 #include <cstring>
 
+#include "page_heap.h"
+
 namespace fastmalloc {
 
 constinit PerClass<TransferCache> g_transfer{};
@@ -45,10 +47,14 @@ int TransferCache::remove(void** out, int n) {
 }
 
 void TransferCache::insert(void* const* objects, int n) {
-  int kept;
+  // While the page heap shrinks, the stock keeps one batch: objects held here keep their spans
+  // from going back, and the program is freeing, not about to allocate them again.
+  void* oldest[kCapacity];
+  int spilled = 0, kept;
   {
     LockGuard guard(lock_);
-    int limit = kLimits[size_class()];
+    int limit = g_page_heap.shrinking() ? batch_size(size_class()) : kLimits[size_class()];
+    if (count_ > limit) spilled = take_oldest_locked(count_ - limit, oldest);
     kept = limit - count_ < n ? limit - count_ : n;
     memcpy(stock() + count_, objects, sizeof(void*) * static_cast<size_t>(kept));
     count_ += kept;
@@ -57,6 +63,7 @@ void TransferCache::insert(void* const* objects, int n) {
     stocked_.store(static_cast<uint64_t>(count_), std::memory_order_relaxed);
   }
   if (kept < n) central_list(size_class()).deallocate_batch(objects + kept, n - kept);
+  to_central(oldest, spilled);
 }
 
 void TransferCache::drain() {
@@ -81,16 +88,25 @@ void TransferCache::release_idle() {
   int n;
   {
     LockGuard guard(lock_);
-    n = low_water_;
-    // The bottom of the stack holds the objects that have been here longest.
-    memcpy(idle, stock(), sizeof(void*) * static_cast<size_t>(n));
-    memmove(stock(), stock() + n, sizeof(void*) * static_cast<size_t>(count_ - n));
-    count_ -= n;
+    n = take_oldest_locked(low_water_, idle);
     low_water_ = count_;
-    stocked_.store(static_cast<uint64_t>(count_), std::memory_order_relaxed);
   }
+  to_central(idle, n);
+}
+
+int TransferCache::take_oldest_locked(int n, void** out) {
+  // The bottom of the stack holds the objects that have been here longest.
+  memcpy(out, stock(), sizeof(void*) * static_cast<size_t>(n));
+  memmove(stock(), stock() + n, sizeof(void*) * static_cast<size_t>(count_ - n));
+  count_ -= n;
+  if (count_ < low_water_) low_water_ = count_;
+  stocked_.store(static_cast<uint64_t>(count_), std::memory_order_relaxed);
+  return n;
+}
+
+void TransferCache::to_central(void* const* objects, int n) {
   for (int done = 0; done < n; done += kMaxBatch)
-    central_list(size_class()).deallocate_batch(idle + done, n - done < kMaxBatch ? n - done : kMaxBatch);
+    central_list(size_class()).deallocate_batch(objects + done, n - done < kMaxBatch ? n - done : kMaxBatch);
 }
 
 TransferStats TransferCache::stats() const {

@@ -50,7 +50,8 @@ class TransferCache {
 
   // Up to n (at most kMaxBatch) objects into out[]; fewer only when out of memory.
   int remove(void** out, int n);
-  // Takes n objects (at most kMaxBatch + 1); what does not fit goes to the central list.
+  // Takes n objects (at most kMaxBatch + 1); what does not fit goes to the central list. While
+  // the page heap shrinks, only one batch fits, and older objects beyond it go down too.
   void insert(void* const* objects, int n);
   // Sends the whole stock to the central list (malloc_trim).
   void drain();
@@ -63,6 +64,10 @@ class TransferCache {
 
  private:
   unsigned size_class() const;
+  // Moves the n objects at the bottom of the stock to out[]; returns n. Holds lock_.
+  int take_oldest_locked(int n, void** out);
+  // Gives objects to the central list, a batch at a time.
+  void to_central(void* const* objects, int n);
   // The stock's slots live apart from the caches, so that the caches' locks and counts, which
   // every scan touches, share a few pages.
   void** stock() const;

@@ -281,15 +281,43 @@ TEST_CASE("free pages beyond the cap go back once a quarter of the decay time ol
   for (Span* s : kept) heap.deallocate(s);
 }
 
-TEST_CASE("a heap that has halved gives its free pages back at once") {
+TEST_CASE("a heap that gives up most of its pages gives them back while it frees") {
   static SpanMap map;
   static PageHeap heap(map);
-  heap.set_decay_ms(3'600'000);
-  constexpr size_t kSpans = 80, kPages = 64;  // 40 MiB, all freed
+  heap.set_decay_ms(3'600'000);  // no decay scan releases anything here
+  constexpr size_t kSpans = 160, kPages = 64;  // 80 MiB, all freed: more than kShrinkMinDrop
+  static_assert(kSpans * kPages * kPageSize > PageHeap::kShrinkMinDrop);
   static Span* spans[kSpans];
   for (Span*& s : spans) s = take_resident(heap, kPages);
+  // A heap that handed out a span within kCapIntervalMs is churning, not shrinking.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2 * PageHeap::kCapIntervalMs));
   for (Span* s : spans) heap.deallocate(s);
   PageHeapStats st = heap.stats();
   INFO("free " << st.free_bytes << " released " << st.released_bytes);
-  REQUIRE(st.free_bytes - st.released_bytes <= PageHeap::kRetainBytes);
+  REQUIRE(heap.shrinking());
+  // What was resident when the shrink began went back at the next free, and after it each freed
+  // span that took the resident free pages over the cap (kShrinkingRetainBytes plus an eighth
+  // of the pages still in use, at most 80 - 64 MiB) went back at once, not at the next cap
+  // release (at most one per kCapIntervalMs).
+  size_t in_use_when_shrinking = kSpans * kPages * kPageSize - PageHeap::kShrinkMinDrop;
+  REQUIRE(st.free_bytes - st.released_bytes <= PageHeap::kShrinkingRetainBytes + in_use_when_shrinking / 8);
+}
+
+TEST_CASE("a small heap that halves keeps its young free pages for reuse") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  heap.set_decay_ms(3'600'000);
+  constexpr size_t kSpans = 80, kPages = 64;  // 40 MiB, all freed: less than kShrinkMinDrop
+  static Span* spans[kSpans];
+  for (Span*& s : spans) s = take_resident(heap, kPages);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2 * PageHeap::kCapIntervalMs));
+  for (Span* s : spans) heap.deallocate(s);
+  PageHeapStats st = heap.stats();
+  INFO("free " << st.free_bytes << " released " << st.released_bytes);
+  REQUIRE_FALSE(heap.shrinking());
+  REQUIRE(st.released_bytes == 0);
+  // Taken again, they come back resident, without growing the heap.
+  for (Span*& s : spans) s = take(heap, kPages);
+  REQUIRE(heap.stats().grows == st.grows);
+  for (Span* s : spans) heap.deallocate(s);
 }
