@@ -30,6 +30,14 @@ Span* take_resident(PageHeap& heap, size_t pages) {
   memset(reinterpret_cast<void*>(s->start), 0x5a, s->bytes);
   return s;
 }
+// Takes n resident spans of `pages` pages, waits long enough that the heap no longer counts
+// as taking spans (kCapIntervalMs), frees them all, and returns the heap's figures.
+PageHeapStats take_and_free_all(PageHeap& heap, Span** spans, size_t n, size_t pages) {
+  for (size_t i = 0; i < n; ++i) spans[i] = take_resident(heap, pages);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2 * PageHeap::kCapIntervalMs));
+  for (size_t i = 0; i < n; ++i) heap.deallocate(spans[i]);
+  return heap.stats();
+}
 }  // namespace
 
 TEST_CASE("page heap hands out spans recorded on every page") {
@@ -288,11 +296,7 @@ TEST_CASE("a heap that gives up most of its pages gives them back while it frees
   constexpr size_t kSpans = 160, kPages = 64;  // 80 MiB, all freed: more than kShrinkMinDrop
   static_assert(kSpans * kPages * kPageSize > PageHeap::kShrinkMinDrop);
   static Span* spans[kSpans];
-  for (Span*& s : spans) s = take_resident(heap, kPages);
-  // A heap that handed out a span within kCapIntervalMs is churning, not shrinking.
-  std::this_thread::sleep_for(std::chrono::milliseconds(2 * PageHeap::kCapIntervalMs));
-  for (Span* s : spans) heap.deallocate(s);
-  PageHeapStats st = heap.stats();
+  PageHeapStats st = take_and_free_all(heap, spans, kSpans, kPages);
   INFO("free " << st.free_bytes << " released " << st.released_bytes);
   REQUIRE(heap.shrinking());
   // What was resident when the shrink began went back at the next free, and after it each freed
@@ -309,10 +313,7 @@ TEST_CASE("a small heap that halves keeps its young free pages for reuse") {
   heap.set_decay_ms(3'600'000);
   constexpr size_t kSpans = 80, kPages = 64;  // 40 MiB, all freed: less than kShrinkMinDrop
   static Span* spans[kSpans];
-  for (Span*& s : spans) s = take_resident(heap, kPages);
-  std::this_thread::sleep_for(std::chrono::milliseconds(2 * PageHeap::kCapIntervalMs));
-  for (Span* s : spans) heap.deallocate(s);
-  PageHeapStats st = heap.stats();
+  PageHeapStats st = take_and_free_all(heap, spans, kSpans, kPages);
   INFO("free " << st.free_bytes << " released " << st.released_bytes);
   REQUIRE_FALSE(heap.shrinking());
   REQUIRE(st.released_bytes == 0);
