@@ -192,7 +192,7 @@ void PageHeap::deallocate(Span* span) {
 void PageHeap::note_shrinking_locked(uint64_t now) {
   size_t in_use_now = in_use();
   bool shrinking = in_use_now * 2 < recent_peak_in_use_ && recent_peak_in_use_ - in_use_now >= kShrinkMinDrop &&
-                   now - last_handed_out_ms_ >= kCapIntervalMs;
+                   now >= last_handed_out_ms_ + kCapIntervalMs;
   // When a shrink starts, the free pages it finds resident go back at the next check, whenever
   // the last cap release was.
   if (shrinking && !shrinking_.load(std::memory_order_relaxed)) next_cap_release_ms_ = 0;
