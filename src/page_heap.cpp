@@ -170,7 +170,8 @@ void PageHeap::deallocate(Span* span) {
   span->released = false;
   uint64_t now = os::now_ms();
   span->free_since_ms = now;
-  if (decay_ms() == 0) release_pages(span);
+  uint64_t decay = decay_ms();
+  if (decay == 0) release_pages(span);
   // A merged span keeps the age of the larger part: the age of most of its bytes. Taking the
   // newest would keep a long-free neighbour resident for as long as small spans join it.
   span = coalesce(span);
@@ -178,13 +179,13 @@ void PageHeap::deallocate(Span* span) {
   // While the heap shrinks, whatever would take the resident free pages over the cap goes back
   // now: the last frees of a program giving up most of its heap may be the last slow-path calls
   // for a long time, and no scan would come by to release them.
-  if (decay_ms() != 0 && shrinking() && free_bytes_ - released_bytes_ + span->bytes > retain_limit()) {
+  if (decay != 0 && shrinking() && free_bytes_ - released_bytes_ + span->bytes > retain_limit()) {
     span->next = nullptr;
     release_list_locked(span);
   } else {
     insert_free(span);
   }
-  if (decay_ms() != 0 && free_bytes_ - released_bytes_ > retain_limit() && now >= next_cap_release_ms_)
+  if (decay != 0 && free_bytes_ - released_bytes_ > retain_limit() && now >= next_cap_release_ms_)
     release_over_cap_locked(now);
   decay_locked(now);
 }

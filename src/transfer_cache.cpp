@@ -67,20 +67,13 @@ void TransferCache::insert(void* const* objects, int n) {
 }
 
 void TransferCache::drain() {
-  void* batch[kMaxBatch];
-  for (;;) {
-    int n;
-    {
-      LockGuard guard(lock_);
-      n = count_ < kMaxBatch ? count_ : kMaxBatch;
-      count_ -= n;
-      if (count_ < low_water_) low_water_ = count_;
-      memcpy(batch, stock() + count_, sizeof(void*) * static_cast<size_t>(n));
-      stocked_.store(static_cast<uint64_t>(count_), std::memory_order_relaxed);
-    }
-    if (n == 0) return;
-    central_list(size_class()).deallocate_batch(batch, n);
+  void* all[kCapacity];
+  int n;
+  {
+    LockGuard guard(lock_);
+    n = take_oldest_locked(count_, all);
   }
+  to_central(all, n);
 }
 
 void TransferCache::release_idle() {
