@@ -10,7 +10,8 @@ namespace fastmalloc {
 constinit PerClass<CentralFreeList> g_central = make_per_class<CentralFreeList>();
 
 namespace {
-void store(std::atomic<uint64_t>& counter, uint64_t value) { counter.store(value, std::memory_order_relaxed); }
+void add(std::atomic<uint64_t>& counter, uint64_t delta) { counter.fetch_add(delta, std::memory_order_relaxed); }
+void subtract(std::atomic<uint64_t>& counter, uint64_t delta) { counter.fetch_sub(delta, std::memory_order_relaxed); }
 uint64_t load(const std::atomic<uint64_t>& counter) { return counter.load(std::memory_order_relaxed); }
 }  // namespace
 
@@ -30,8 +31,8 @@ Span* CentralFreeList::new_span() {
     for (uint64_t& word : span->object_bits->words) __atomic_store_n(&word, 0, __ATOMIC_RELAXED);
   }
   nonempty_.push_front(span);
-  store(spans_, load(spans_) + 1);
-  store(span_misses_, load(span_misses_) + 1);
+  add(spans_, 1);
+  add(span_misses_, 1);
   return span;
 }
 
@@ -76,8 +77,8 @@ int CentralFreeList::allocate_batch(void** out, int n) {
     }
     out[got++] = pop(span);
   }
-  store(live_, load(live_) + static_cast<uint64_t>(got));
-  store(allocations_, load(allocations_) + static_cast<uint64_t>(got));
+  add(live_, static_cast<uint64_t>(got));
+  add(allocations_, static_cast<uint64_t>(got));
   return got;
 }
 
@@ -100,14 +101,43 @@ void CentralFreeList::push(Span* span, void* p) {
 
 void CentralFreeList::give_back(Span* span) {
   nonempty_.remove(span);
-  store(spans_, load(spans_) - 1);
+  subtract(spans_, 1);
   g_page_heap.deallocate(span);
 }
 
 void CentralFreeList::deallocate_batch(void* const* objects, int n) {
   LockGuard guard(lock_);
   for (int i = 0; i < n; ++i) push(g_span_map.lookup(reinterpret_cast<uintptr_t>(objects[i])), objects[i]);
-  store(live_, load(live_) - static_cast<uint64_t>(n));
+  subtract(live_, static_cast<uint64_t>(n));
+}
+
+bool CentralFreeList::grow_live_span(Span* span, unsigned to) {
+  const SizeClass& sc = size_class(to);
+  if (!g_page_heap.extend(span, sc.pages, to)) return false;
+  // Where the class's spans end: pop() takes a span off the list once it is reached.
+  span->never_used = span->start + sc.size;
+  // The span is on no list (its one object is out): only the counts change hands.
+  subtract(live_, 1);
+  subtract(spans_, 1);
+  CentralFreeList& grown = central_list(to);
+  add(grown.live_, 1);
+  add(grown.spans_, 1);
+  return true;
+}
+
+void* CentralFreeList::allocate_growable() {
+  const SizeClass& sc = size_class(size_class_);
+  Span* span = g_page_heap.allocate_growable(sc.pages, size_class_);
+  if (span == nullptr) return nullptr;
+  // Nobody else can reach the span before its object is handed out: it is on no list.
+  span->free_objects = nullptr;
+  span->never_used = span->start + sc.size;
+  span->live = 1;
+  add(spans_, 1);
+  add(span_misses_, 1);
+  add(live_, 1);
+  add(allocations_, 1);
+  return reinterpret_cast<void*>(span->start);
 }
 
 size_t CentralFreeList::release_empty_spans() {

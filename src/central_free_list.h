@@ -33,6 +33,15 @@ class CentralFreeList {
   // detectable double free: an object whose span has no live object.
   void deallocate_batch(void* const* objects, int n);
 
+  // realloc: turns `span`, a span of this class with one object, held by the caller, into a
+  // span of the larger one-object class `to`, by taking the free pages after it from the page
+  // heap. False, with nothing changed, when those pages are not free.
+  bool grow_live_span(Span* span, unsigned to);
+  // realloc, when that failed: the object of a new span of this one-object class, placed with
+  // room to grow (PageHeap::allocate_growable) and handed out at once. nullptr when out of
+  // memory.
+  void* allocate_growable();
+
   // Gives every span with no live object back to the page heap, the one push() keeps for reuse
   // included (malloc_trim). Returns how many went.
   size_t release_empty_spans();
@@ -55,7 +64,8 @@ class CentralFreeList {
   SpanList nonempty_;  // spans with at least one free object
   const unsigned size_class_;
   uint64_t allocations_at_idle_check_ = 0;  // under lock_: allocations_ at the last release_idle()
-  // Written under lock_, read without it by stats().
+  // Relaxed atomic adds, so that realloc can move a span between classes without the locks;
+  // read by stats().
   std::atomic<uint64_t> live_{0}, spans_{0}, allocations_{0}, span_misses_{0};
 };
 

@@ -17,7 +17,12 @@
 //                               release store of `slabs`, which fast paths test first
 //   transfer cache of a class   its TransferCache::lock()
 //   central list of a class     its CentralFreeList::lock(): the nonempty span list, every
-//                               field of the spans the class owns, their free objects
+//                               field of the spans the class owns, their free objects. But a
+//                               span of one object that is out is on no list and reached only
+//                               by the block's holder: realloc lengthens it under the page
+//                               heap's lock (PageHeap::extend), or carves a new one there
+//                               (allocate_growable), without the class's lock; the class
+//                               counters are relaxed atomic adds for that reason
 //   page heap                   PageHeap::lock(): free span bins, span fields of free spans,
 //                               span state (written only under it), splitting and coalescing,
 //                               statistics of large blocks, decay (free_since_ms, madvise);
@@ -58,6 +63,7 @@
 
 #include "base.h"
 #include "block_check.h"
+#include "central_free_list.h"
 #include "cpu_cache.h"
 #include "os/message.h"
 #include "os/os.h"
@@ -216,6 +222,15 @@ size_t block_size(const Span* span) {
   return span->state == SpanState::kSmall ? size_class(span->size_class).size - canary_bytes() : span->bytes;
 }
 
+// A block alone in its span (64 KiB and up) that grows into a larger class of such blocks: it
+// takes the free pages after its span when there are enough (nothing is copied, and the pages
+// become resident only as the program writes them), else it moves to a span placed with room to
+// grow. Hardened mode keeps a canary at the block's end and carves the class above; it always
+// moves.
+bool grows_alone(const Span* span, unsigned cls) {
+  return cls > span->size_class && cls < kNumClasses && size_class(span->size_class).objects == 1 && !g_hardened;
+}
+
 }  // namespace
 
 void deallocate_sized_aligned(void* p, size_t size, const char* call) {
@@ -256,13 +271,24 @@ void* reallocate(void* p, size_t size, const char* call) {
     deallocate(p, call);
     return nullptr;
   }
+  void* fresh;
   if (span->state == SpanState::kSmall) {
-    if (carved_class(size) == span->size_class) return p;
+    unsigned cls = carved_class(size);
+    if (cls == span->size_class) return p;
+    if (grows_alone(span, cls)) {
+      if (central_list(span->size_class).grow_live_span(span, cls)) return p;
+      fresh = central_list(cls).allocate_growable();
+      if (fresh == nullptr) return out_of_memory();
+      mark_handed_out(fresh);
+    } else {
+      fresh = allocate(size);
+    }
   } else if (size > kMaxSmallSize) {
     if (!g_page_heap.remap_large(span, size)) return out_of_memory();
     return reinterpret_cast<void*>(span->start);
+  } else {
+    fresh = allocate(size);
   }
-  void* fresh = allocate(size);
   if (fresh == nullptr) return nullptr;
   size_t old_size = block_size(span);
   size_t copied = old_size < size ? old_size : size;

@@ -5,6 +5,7 @@
 
 #include "block_check.h"
 #include "options.h"
+#include "size_classes.h"
 #include "os/os.h"
 #include "sync/rcu.h"
 
@@ -42,6 +43,14 @@ Span* PageHeap::take_free(size_t pages) {
   return best;
 }
 
+Span* PageHeap::longest_free() {
+  Span* longest = nullptr;
+  for (Span* s = bins_[0].first(); s != nullptr; s = s->next)
+    if (longest == nullptr || s->bytes > longest->bytes) longest = s;
+  for (size_t n = kBins - 1; longest == nullptr && n > 0; --n) longest = bins_[n].first();
+  return longest;
+}
+
 Span* PageHeap::grow(size_t pages) {
   size_t bytes = (pages > kGrowPages ? pages : kGrowPages) * kPageSize;
   void* memory = last_grow_ > bytes ? os::map_at(reinterpret_cast<void*>(last_grow_ - bytes), bytes) : nullptr;
@@ -69,41 +78,101 @@ Span* PageHeap::grow(size_t pages) {
 
 Span* PageHeap::allocate(size_t pages, unsigned size_class) {
   LockGuard guard(lock_);
+  uint64_t now = start_hand_out_locked();
+  return carve_locked(take_free(pages), 0, pages, size_class, now);
+}
+
+Span* PageHeap::allocate_growable(size_t pages, unsigned size_class) {
+  LockGuard guard(lock_);
+  uint64_t now = start_hand_out_locked();
+  Span* run = longest_free();
+  if (run == nullptr || run->pages() < pages) return carve_locked(nullptr, 0, pages, size_class, now);
+  // The run's first pages are the room of a span before it that may be growing too: leave it
+  // half of what this span does not need.
+  Span* before = map_.lookup(run->start - 1);
+  bool shared = before != nullptr && before->end() == run->start && before->state == SpanState::kSmall &&
+                fastmalloc::size_class(before->size_class).objects == 1;
+  return carve_locked(run, shared ? (run->pages() - pages) / 2 : 0, pages, size_class, now);
+}
+
+uint64_t PageHeap::start_hand_out_locked() {
   uint64_t now = os::now_ms();
   last_handed_out_ms_ = now;
   decay_locked(now);
-  Span* span = take_free(pages);
-  if (span == nullptr) {
-    span = grow(pages);
-    if (span == nullptr) return nullptr;
+  return now;
+}
+
+Span* PageHeap::split_head(Span* span, size_t bytes) {
+  Span* head = g_span_pool.create();
+  if (head == nullptr) return nullptr;
+  head->start = span->start;
+  head->bytes = bytes;
+  head->released = span->released;
+  head->free_since_ms = span->free_since_ms;
+  span->start += bytes;
+  span->bytes -= bytes;
+  return head;
+}
+
+Span* PageHeap::carve_locked(Span* run, size_t skip_pages, size_t pages, unsigned size_class, uint64_t now) {
+  if (run == nullptr) {
+    run = grow(pages);
+    if (run == nullptr) return nullptr;
     ++grows_;
+    skip_pages = 0;
   }
   ++allocations_;
-  remove_free(span);
+  remove_free(run);
+  // The split-off parts get new descriptors and the last part keeps the run's, whose name its
+  // pages already carry; the span's pages are all renamed below.
+  if (skip_pages > 0) {
+    if (Span* skipped = split_head(run, skip_pages * kPageSize); skipped != nullptr) {
+      if (!skipped->released) map_.set_range(skipped->start, skipped->bytes, skipped);
+      insert_free(skipped);
+    }
+  }
+  Span* span = run;
+  if (run->pages() > pages) {
+    span = split_head(run, pages * kPageSize);
+    insert_free(run);
+    if (span == nullptr) return nullptr;
+  }
   if (in_use() > recent_peak_in_use_) recent_peak_in_use_ = in_use();
   note_shrinking_locked(now);
-  if (span->pages() > pages) {
-    // Split: the head gets a new descriptor and the tail keeps the old one, whose name its
-    // pages already carry; the head's pages are all renamed below.
-    Span* head = g_span_pool.create();
-    if (head == nullptr) {
-      insert_free(span);
-      return nullptr;
-    }
-    head->start = span->start;
-    head->bytes = pages * kPageSize;
-    head->released = span->released;
-    span->start += pages * kPageSize;
-    span->bytes -= pages * kPageSize;
-    insert_free(span);
-    span = head;
-  }
   span->size_class = static_cast<uint8_t>(size_class);
   map_.set_small_span(span, size_class);
   span->state = SpanState::kSmall;
   span->released = false;
   span->on_list = false;
   return span;
+}
+
+bool PageHeap::extend(Span* span, size_t pages, unsigned size_class) {
+  LockGuard guard(lock_);
+  size_t extra = (pages - span->pages()) * kPageSize;
+  Span* right = map_.lookup(span->end());
+  // A free span on no list is waiting in release_list_locked().
+  if (right == nullptr || right->state != SpanState::kFree || !right->on_list || right->start != span->end() ||
+      right->bytes < extra)
+    return false;
+  uint64_t now = os::now_ms();
+  last_handed_out_ms_ = now;
+  remove_free(right);
+  if (right->bytes > extra) {
+    // The rest stays free under its descriptor, with its age; insert_free() names its new first
+    // page.
+    right->start += extra;
+    right->bytes -= extra;
+    insert_free(right);
+  } else {
+    retire(right);
+  }
+  span->bytes += extra;
+  span->size_class = static_cast<uint8_t>(size_class);
+  map_.set_small_span(span, size_class);
+  if (in_use() > recent_peak_in_use_) recent_peak_in_use_ = in_use();
+  note_shrinking_locked(now);
+  return true;
 }
 
 void PageHeap::retire(Span* span) {

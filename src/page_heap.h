@@ -58,8 +58,17 @@ class PageHeap {
   // so no thread coalescing a neighbour can take it for free; the caller sets the other fields.
   // nullptr when out of memory.
   Span* allocate(size_t pages, unsigned size_class);
+  // The same for a block realloc is growing, placed where it has room to grow by extend(): at
+  // the start of the longest free run, or half-way along it when the span before the run holds
+  // one block too, which may be growing into it.
+  Span* allocate_growable(size_t pages, unsigned size_class);
   // Gives a span back, merging it with free neighbours.
   void deallocate(Span* span);
+  // Lengthens small span `span` to `pages` pages of class `size_class` with the free pages
+  // right after it (realloc growing a block alone in its span). False, with nothing changed,
+  // when they are not free. The caller holds the span's one object, so nobody else reaches the
+  // span meanwhile; it sets the fields the central list keeps.
+  bool extend(Span* span, size_t pages, unsigned size_class);
   // Gives every free span's pages back to the OS; returns the bytes newly released.
   size_t release_free_pages();
   // From the slow paths, with no lock held, `now` from os::now_ms(): releases spans free for
@@ -109,6 +118,16 @@ class PageHeap {
   void decay_locked(uint64_t now);
 
   Span* take_free(size_t pages);
+  // The free span with the most pages (resident first among equals); nullptr when none.
+  Span* longest_free();
+  // Notes a hand-out and runs a decay scan if one is due; returns the time.
+  uint64_t start_hand_out_locked();
+  // Takes free span `run` (nullptr: memory mapped afresh) off its list and cuts from it, after
+  // its first `skip_pages`, a span of `pages` pages for `size_class`; the rest stays free.
+  Span* carve_locked(Span* run, size_t skip_pages, size_t pages, unsigned size_class, uint64_t now);
+  // Cuts the first `bytes` of a span on no list off into a new descriptor (nullptr when out of
+  // memory); `span` keeps the rest.
+  static Span* split_head(Span* span, size_t bytes);
   Span* grow(size_t pages);
   void insert_free(Span* span);
   void remove_free(Span* span);

@@ -158,6 +158,33 @@ TEST_CASE("realloc keeps the contents through growing and shrinking, small and l
   free(p);
 }
 
+TEST_CASE("realloc grows a block of 64 KiB and up in place when the pages after it are free") {
+  // Doubling from 64 KiB to 1 MiB crosses four classes of one block per span. The first step may
+  // move (the block came from a cache, with no room after it); the move puts it at the start of
+  // the longest free run, where the next steps take the pages after it, unless that run is
+  // shorter than 1 MiB, which costs one more move. Copying at every class would move 4 times,
+  // as hardened mode does (the canary at the block's end has to move with it).
+  size_t have = 64 << 10;
+  auto* p = static_cast<unsigned char*>(malloc(have));
+  REQUIRE(p != nullptr);
+  for (size_t i = 0; i < have; ++i) p[i] = static_cast<unsigned char>(i * 13 + 1);
+  int moves = 0;
+  for (size_t size = have * 2; size <= (1 << 20); size *= 2) {
+    INFO(size);
+    auto* q = static_cast<unsigned char*>(realloc_fn(p, size));
+    REQUIRE(q != nullptr);
+    if (q != p) ++moves;
+    REQUIRE(malloc_usable_size(q) >= size);
+    for (size_t i = 0; i < have; ++i) REQUIRE(q[i] == static_cast<unsigned char>(i * 13 + 1));
+    for (size_t i = have; i < size; ++i) q[i] = static_cast<unsigned char>(i * 13 + 1);
+    p = q;
+    have = size;
+  }
+  if (hardened()) REQUIRE(moves == 4);
+  else REQUIRE(moves <= 2);
+  free(p);
+}
+
 TEST_CASE("realloc(NULL, n) allocates and realloc(p, 0) frees") {
   void* p = realloc_fn(nullptr, 40);
   REQUIRE(p != nullptr);

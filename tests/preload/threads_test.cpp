@@ -201,3 +201,46 @@ TEST_CASE("oversubscribed span churn: spans move between the page heap and the c
   for (auto& th : threads) th.join();
   REQUIRE(ok);
 }
+
+TEST_CASE("blocks that realloc grows in place on many threads never overlap") {
+  // Each thread grows two blocks at a time from 64 KiB to 1 MiB, one doubling each in turn, so
+  // blocks of several threads are carved next to each other and grow into the same free runs.
+  constexpr int kThreads = 16, kRounds = 40;
+  std::atomic<bool> ok{true};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([t, &ok] {
+      std::mt19937_64 rng(7 + t);
+      for (int round = 0; round < kRounds; ++round) {
+        void* held[2];
+        uint32_t tags[2];
+        for (int i = 0; i < 2; ++i) held[i] = Checked::make(64 << 10, tags[i] = static_cast<uint32_t>(rng()));
+        for (size_t size = 128 << 10; size <= (1 << 20); size *= 2) {
+          for (int i = 0; i < 2; ++i) {
+            void* grown = realloc(held[i], size);
+            if (grown == nullptr || !Checked::check(grown, tags[i])) ok = false;
+            if (grown == nullptr) abort();
+            tags[i] = static_cast<uint32_t>(rng());
+            Checked::fill(static_cast<unsigned char*>(grown), size, tags[i]);
+            held[i] = grown;
+          }
+        }
+        for (int i = 0; i < 2; ++i) {
+          if (!Checked::check(held[i], tags[i])) ok = false;
+          free(held[i]);
+        }
+        // Grown spans now belong to the larger classes, and plain mallocs of those sizes take
+        // their blocks again: they must be whole blocks of those classes.
+        void* again[4];
+        uint32_t again_tags[4];
+        for (int i = 0; i < 4; ++i) again[i] = Checked::make((size_t{128} << 10) << i, again_tags[i] = static_cast<uint32_t>(rng()));
+        for (int i = 0; i < 4; ++i) {
+          if (!Checked::check(again[i], again_tags[i])) ok = false;
+          free(again[i]);
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  REQUIRE(ok);
+}

@@ -7,6 +7,7 @@
 
 #include "os/os.h"
 #include "page_heap.h"
+#include "size_classes.h"
 
 using namespace fastmalloc;
 
@@ -321,4 +322,85 @@ TEST_CASE("a small heap that halves keeps its young free pages for reuse") {
   for (Span*& s : spans) s = take(heap, kPages);
   REQUIRE(heap.stats().grows == st.grows);
   for (Span* s : spans) heap.deallocate(s);
+}
+
+namespace {
+// Classes whose spans hold one block, as realloc grows them: 128 and 256 KiB.
+const unsigned kAlone128K = size_to_class(128 << 10), kAlone256K = size_to_class(256 << 10);
+
+void require_recorded_as(const SpanMap& map, const Span* s, unsigned cls) {
+  for (uintptr_t i = 0; i < s->pages(); ++i) {
+    uintptr_t entry = map.lookup_entry(s->start + i * kPageSize);
+    REQUIRE(SpanMap::entry_span(entry) == s);
+    REQUIRE(SpanMap::entry_class(entry) == cls);
+    REQUIRE(SpanMap::entry_offset(entry, s->start + i * kPageSize) == i * kPageSize);
+  }
+}
+}  // namespace
+
+TEST_CASE("a span lengthens into the free pages after it, never into used ones") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  Span* a = take(heap, 8);  // the first pages of a fresh chunk; the rest is free after it
+  size_t free_before = heap.stats().free_bytes;
+  REQUIRE(heap.extend(a, 16, kAlone128K));
+  REQUIRE(a->pages() == 16);
+  REQUIRE(a->size_class == kAlone128K);
+  require_recorded_as(map, a, kAlone128K);
+  REQUIRE(heap.stats().free_bytes == free_before - 8 * kPageSize);
+
+  // A span in use after it: no room, and nothing changes.
+  Span* b = take(heap, 4);
+  REQUIRE(b->start == a->end());
+  REQUIRE_FALSE(heap.extend(a, 32, kAlone256K));
+  REQUIRE(a->pages() == 16);
+  require_recorded_as(map, a, kAlone128K);
+
+  // Free after it, but too short: b's 4 pages do not merge with the untouched rest of the chunk
+  // (one is resident, the other released).
+  heap.deallocate(b);
+  REQUIRE_FALSE(heap.extend(a, 21, kAlone256K));
+  REQUIRE(a->pages() == 16);
+  // Exactly long enough: the free span is used up and its descriptor goes.
+  size_t spans_before = heap.stats().free_spans;
+  REQUIRE(heap.extend(a, 20, kAlone256K));
+  REQUIRE(heap.stats().free_spans == spans_before - 1);
+  require_recorded_as(map, a, kAlone256K);
+
+  // Freed, it merges back with the free pages it grew towards.
+  heap.deallocate(a);
+  heap.release_free_pages();
+  PageHeapStats st = heap.stats();
+  REQUIRE(st.free_spans == 1);
+  REQUIRE(st.free_bytes == st.system_bytes);
+}
+
+TEST_CASE("a growable span starts the longest free run, half-way along it after another growing span") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  REQUIRE(size_class(kAlone128K).objects == 1);
+  REQUIRE(size_class(kAlone128K).pages == 16);
+  // A fresh chunk of 128 pages: the first span takes its start.
+  Span* a = heap.allocate_growable(16, kAlone128K);
+  REQUIRE(a != nullptr);
+  require_recorded_as(map, a, kAlone128K);
+  // The next leaves the first half of the 112 pages after `a` to `a`, which may be growing.
+  Span* b = heap.allocate_growable(16, kAlone128K);
+  REQUIRE(b != nullptr);
+  REQUIRE(b->start == a->end() + (112 - 16) / 2 * kPageSize);
+  REQUIRE(heap.extend(a, 16 + 48, kAlone256K));
+  REQUIRE(a->end() == b->start);
+  // After `b` come the last 48 pages, for `b` to grow into.
+  REQUIRE(heap.extend(b, 16 + 48, kAlone256K));
+  heap.deallocate(a);
+  heap.deallocate(b);
+
+  // A span of several blocks does not grow: a growable span after it takes the run's start.
+  static SpanMap other_map;
+  static PageHeap other_heap(other_map);
+  Span* small = other_heap.allocate(2, kSomeClass);
+  Span* c = other_heap.allocate_growable(16, kAlone128K);
+  REQUIRE(c->start == small->end());
+  other_heap.deallocate(c);
+  other_heap.deallocate(small);
 }
