@@ -222,7 +222,7 @@ size_t block_size(const Span* span) {
   return span->state == SpanState::kSmall ? size_class(span->size_class).size - canary_bytes() : span->bytes;
 }
 
-// A block alone in its span (64 KiB and up) that grows into a larger class of such blocks: it
+// A block alone in its span (classes from 40 KiB up) that grows into a larger class of such blocks: it
 // takes the free pages after its span when there are enough (nothing is copied, and the pages
 // become resident only as the program writes them), else it moves to a span placed with room to
 // grow. Hardened mode keeps a canary at the block's end and carves the class above; it always
@@ -279,7 +279,6 @@ void* reallocate(void* p, size_t size, const char* call) {
       if (central_list(span->size_class).grow_live_span(span, cls)) return p;
       fresh = central_list(cls).allocate_growable();
       if (fresh == nullptr) return out_of_memory();
-      mark_handed_out(fresh);
     } else {
       fresh = allocate(size);
     }

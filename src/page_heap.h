@@ -1,5 +1,6 @@
 // The page heap: runs of 8 KiB pages for small-object spans, cut from chunks mapped from the OS
-// and coalesced with their free neighbours when they come back. Also the direct mappings that
+// and coalesced with their free neighbours when they come back; a span holding one block can
+// also be lengthened into the free run after it (realloc, extend()). Also the direct mappings that
 // hold large blocks (above kMaxSmallSize), which go back to the OS as soon as they are freed.
 //
 // Free pages go back to the OS (madvise) on three occasions: when they have been free for the
