@@ -271,7 +271,7 @@ void* reallocate(void* p, size_t size, const char* call) {
     deallocate(p, call);
     return nullptr;
   }
-  void* fresh;
+  void* fresh = nullptr;
   if (span->state == SpanState::kSmall) {
     unsigned cls = carved_class(size);
     if (cls == span->size_class) return p;
@@ -279,16 +279,12 @@ void* reallocate(void* p, size_t size, const char* call) {
       if (central_list(span->size_class).grow_live_span(span, cls)) return p;
       fresh = central_list(cls).allocate_growable();
       if (fresh == nullptr) return out_of_memory();
-    } else {
-      fresh = allocate(size);
     }
   } else if (size > kMaxSmallSize) {
     if (!g_page_heap.remap_large(span, size)) return out_of_memory();
     return reinterpret_cast<void*>(span->start);
-  } else {
-    fresh = allocate(size);
   }
-  if (fresh == nullptr) return nullptr;
+  if (fresh == nullptr && (fresh = allocate(size)) == nullptr) return nullptr;
   size_t old_size = block_size(span);
   size_t copied = old_size < size ? old_size : size;
   if (size > kMaxSmallSize) os::populate_for_write(fresh, copied);

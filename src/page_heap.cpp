@@ -5,8 +5,8 @@
 
 #include "block_check.h"
 #include "options.h"
-#include "size_classes.h"
 #include "os/os.h"
+#include "size_classes.h"
 #include "sync/rcu.h"
 
 namespace fastmalloc {
@@ -137,8 +137,7 @@ Span* PageHeap::carve_locked(Span* run, size_t skip_pages, size_t pages, unsigne
     insert_free(run);
     if (span == nullptr) return nullptr;
   }
-  if (in_use() > recent_peak_in_use_) recent_peak_in_use_ = in_use();
-  note_shrinking_locked(now);
+  note_handed_out_locked(now);
   span->size_class = static_cast<uint8_t>(size_class);
   map_.set_small_span(span, size_class);
   span->state = SpanState::kSmall;
@@ -170,8 +169,7 @@ bool PageHeap::extend(Span* span, size_t pages, unsigned size_class) {
   span->bytes += extra;
   span->size_class = static_cast<uint8_t>(size_class);
   map_.set_small_span(span, size_class);
-  if (in_use() > recent_peak_in_use_) recent_peak_in_use_ = in_use();
-  note_shrinking_locked(now);
+  note_handed_out_locked(now);
   return true;
 }
 
@@ -257,6 +255,11 @@ void PageHeap::deallocate(Span* span) {
   if (decay != 0 && free_bytes_ - released_bytes_ > retain_limit() && now >= next_cap_release_ms_)
     release_over_cap_locked(now);
   decay_locked(now);
+}
+
+void PageHeap::note_handed_out_locked(uint64_t now) {
+  if (in_use() > recent_peak_in_use_) recent_peak_in_use_ = in_use();
+  note_shrinking_locked(now);
 }
 
 void PageHeap::note_shrinking_locked(uint64_t now) {

@@ -102,6 +102,8 @@ class PageHeap {
     return shrinking() ? kShrinkingRetainBytes + in_use() / 8 : kRetainBytes + in_use() / 4;
   }
   void note_shrinking_locked(uint64_t now);
+  // After pages went into use: raises the recent peak, then notes whether the heap shrinks.
+  void note_handed_out_locked(uint64_t now);
   // Gives a span on no list back to the OS; false where madvise was refused.
   bool release_pages(Span* span);
   // Clears the span-map entries of the pages of [start, start + bytes) inside a released span
