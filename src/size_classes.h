@@ -27,13 +27,16 @@ namespace fastmalloc {
 inline constexpr size_t kMaxSmallSize = 1024 * 1024;
 inline constexpr unsigned kNumClasses = 62;  // 1..61 are classes
 
+// 32 bytes, so a class's entry is found with one shift, and free's check (is_object_boundary)
+// compares and multiplies with its two 64-bit fields in place, without loading them first.
 struct SizeClass {
-  uint32_t size;       // bytes per object
-  uint32_t pages;      // pages per span (at most 255: the span map stores a page's index in 8 bits)
-  uint32_t objects;    // objects per span
-  uint32_t used_bytes; // objects * size: offsets at or above it in a span hold no object
-  uint64_t div_magic;  // ceil(2^64 / size): n is a multiple of size iff n * div_magic < div_magic
+  uint64_t div_magic;   // ceil(2^64 / size): n is a multiple of size iff n * div_magic < div_magic
+  uint64_t used_bytes;  // objects * size: offsets at or above it in a span hold no object
+  uint32_t size;        // bytes per object
+  uint32_t pages;       // pages per span (at most 255: the span map stores a page's index in 8 bits)
+  uint32_t objects;     // objects per span
 };
+static_assert(sizeof(SizeClass) == 32);
 
 namespace size_class_detail {
 
@@ -76,8 +79,7 @@ constexpr Table make_table() {
     size_t size = size_of_class(cls);
     uint32_t pages = pages_for(size);
     uint32_t objects = static_cast<uint32_t>(pages * kPageSize / size);
-    t.classes[cls] = SizeClass{static_cast<uint32_t>(size), pages, objects, objects * static_cast<uint32_t>(size),
-                               ~uint64_t{0} / size + 1};
+    t.classes[cls] = SizeClass{~uint64_t{0} / size + 1, objects * size, static_cast<uint32_t>(size), pages, objects};
   }
   for (size_t i = 0; i <= 1024 / 8; ++i) t.small_lookup[i] = static_cast<uint8_t>(class_of_size_computed(i * 8));
   return t;

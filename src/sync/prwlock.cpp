@@ -6,16 +6,17 @@ namespace fastmalloc::sync {
 void Prwlock::enter_outermost(std::atomic<uint64_t>& status) {
   const uint64_t flag = status.load(std::memory_order_relaxed) & kPrwFenceFlag;
   for (;;) {
-    uint64_t version = version_.load(std::memory_order_acquire);
-    if ((version & 1) != 0) {
+    uint64_t version = version_word_.load(std::memory_order_acquire);
+    if ((version & kWriterInside) != 0) {
       // Step out, so the writer stops waiting for us, and wait for it to finish.
       status.store(status.load(std::memory_order_relaxed) & ~kPrwDepthMask, std::memory_order_release);
-      for (unsigned round = 0; ((version = version_.load(std::memory_order_acquire)) & 1) != 0; ++round) backoff(round);
+      for (unsigned round = 0; ((version = version_word_.load(std::memory_order_acquire)) & kWriterInside) != 0; ++round)
+        backoff(round);
     }
-    status.store(version << kPrwNestBits | flag | 1, std::memory_order_relaxed);
+    status.store(version | flag | 1, std::memory_order_relaxed);
     if (flag != 0) std::atomic_thread_fence(std::memory_order_seq_cst);
     else std::atomic_signal_fence(std::memory_order_seq_cst);
-    if (version_.load(std::memory_order_relaxed) == version) return;
+    if (version_word_.load(std::memory_order_relaxed) == version) return;
   }
 }
 
@@ -32,21 +33,21 @@ Prwlock::ReadSection Prwlock::read_lock_slow() {
 
 void Prwlock::write_lock() {
   writer_.lock();
-  uint64_t version = version_.load(std::memory_order_relaxed) + 1;  // odd: a writer is inside
-  version_.store(version, std::memory_order_seq_cst);
+  uint64_t version = version_word_.load(std::memory_order_relaxed) + kVersionStep;  // odd: a writer is inside
+  version_word_.store(version, std::memory_order_seq_cst);
   writer_fence();
   for_each_record([&](ThreadRecord& r) {
     std::atomic<uint64_t>& status = r.prw[slot_];
     for (unsigned round = 0;; ++round) {
       uint64_t word = status.load(std::memory_order_acquire);
-      if ((word & kPrwDepthMask) == 0 || word >> kPrwNestBits == version) break;
+      if ((word & kPrwDepthMask) == 0 || (word & ~kNestMask) == version) break;
       backoff(round);
     }
   });
 }
 
 void Prwlock::write_unlock() {
-  version_.store(version_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+  version_word_.store(version_word_.load(std::memory_order_relaxed) + kVersionStep, std::memory_order_release);
   writer_.unlock();
 }
 

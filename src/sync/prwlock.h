@@ -2,7 +2,7 @@
 // synchronization using passive reader-writer locks" (USENIX ATC 2014): for data that nearly
 // every call reads and almost nothing changes.
 //
-// The lock is a version word: even while no writer is inside, odd while one is. A reader
+// The lock is a version number: even while no writer is inside, odd while one is. A reader
 // publishes, with one plain store into its own thread record, the version it has seen and that
 // it is inside; then it checks that no writer is there (the word is unchanged). No atomic
 // read-modify-write, no fence (on x86-TSO; see thread_registry.h for kernels without
@@ -58,11 +58,10 @@ class Prwlock {
     // Nested, or this thread must fence (kPrwFenceFlag): both need read_lock().
     if (FM_UNLIKELY((status.load(std::memory_order_relaxed) & kNestMask) != 0)) return {nullptr, 0};
     // Acquire: pairs with write_unlock, so the last writer's changes are seen.
-    uint64_t version = version_.load(std::memory_order_acquire);
-    uint64_t outside = version << kPrwNestBits;
+    uint64_t outside = version_word_.load(std::memory_order_acquire);
     status.store(outside | 1, std::memory_order_relaxed);
     std::atomic_signal_fence(std::memory_order_seq_cst);  // writers fence for us (membarrier)
-    if (FM_UNLIKELY((version & 1) != 0 || version_.load(std::memory_order_relaxed) != version)) {
+    if (FM_UNLIKELY((outside & kWriterInside) != 0 || version_word_.load(std::memory_order_relaxed) != outside)) {
       status.store(outside, std::memory_order_release);  // out again: nothing was read
       return {nullptr, 0};
     }
@@ -95,9 +94,13 @@ class Prwlock {
   FM_NOINLINE ReadSection read_lock_slow();
   void enter_outermost(std::atomic<uint64_t>& status);
 
+  // The version kept where a status word holds it (shifted up by kPrwNestBits), so that the
+  // read side stores what it loaded, with its depth of 1 added, and shifts nothing. Its lowest
+  // bit, kWriterInside, makes it odd while a writer is inside; kVersionStep advances it.
+  static constexpr uint64_t kVersionStep = uint64_t{1} << kPrwNestBits, kWriterInside = kVersionStep;
   // Zero at start, like everything else in the lock, so a lock inside a large object (the span
   // map) leaves that object in .bss.
-  std::atomic<uint64_t> version_{0};
+  std::atomic<uint64_t> version_word_{0};
   Mutex writer_;
   const unsigned slot_;
 };
