@@ -82,17 +82,44 @@ Span* PageHeap::allocate(size_t pages, unsigned size_class) {
   return carve_locked(take_free(pages), 0, pages, size_class, now);
 }
 
+size_t PageHeap::neighbour_reserve(const Span* run) {
+  Span* before = map_.lookup(run->start - 1);
+  if (before == nullptr || before->end() != run->start || before->state != SpanState::kSmall ||
+      fastmalloc::size_class(before->size_class).objects != 1)
+    return 0;
+  return before->pages() < kGrowableRoomPages ? kGrowableRoomPages - before->pages() : 0;
+}
+
+Span* PageHeap::growable_run(size_t* skip_pages) {
+  Span* best = nullptr;
+  for (Span* s = bins_[0].first(); s != nullptr; s = s->next) {
+    size_t skip = neighbour_reserve(s);
+    if (s->pages() < skip + kGrowableRoomPages) continue;
+    if (best == nullptr || s->released < best->released || (s->released == best->released && s->start < best->start)) {
+      best = s;
+      *skip_pages = skip;
+    }
+  }
+  return best;
+}
+
 Span* PageHeap::allocate_growable(size_t pages, unsigned size_class) {
   LockGuard guard(lock_);
   uint64_t now = start_hand_out_locked();
-  Span* run = longest_free();
-  if (run == nullptr || run->pages() < pages) return carve_locked(nullptr, 0, pages, size_class, now);
-  // The run's first pages are the room of a span before it that may be growing too: leave it
-  // half of what this span does not need.
-  Span* before = map_.lookup(run->start - 1);
-  bool shared = before != nullptr && before->end() == run->start && before->state == SpanState::kSmall &&
-                fastmalloc::size_class(before->size_class).objects == 1;
-  return carve_locked(run, shared ? (run->pages() - pages) / 2 : 0, pages, size_class, now);
+  size_t skip = 0;
+  Span* run = growable_run(&skip);
+  if (run == nullptr && grow(kGrowableRoomPages) != nullptr) {
+    ++grows_;
+    run = growable_run(&skip);
+  }
+  if (run == nullptr) {
+    // No address space for that much room: the longest run, leaving half of what this span does
+    // not need to a growing neighbour.
+    run = longest_free();
+    if (run == nullptr || run->pages() < pages) return carve_locked(nullptr, 0, pages, size_class, now);
+    skip = neighbour_reserve(run) > 0 ? (run->pages() - pages) / 2 : 0;
+  }
+  return carve_locked(run, skip, pages, size_class, now);
 }
 
 uint64_t PageHeap::start_hand_out_locked() {

@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "meta_arena.h"
+#include "size_classes.h"
 #include "span.h"
 #include "span_map.h"
 #include "sync/mutex.h"
@@ -59,9 +60,12 @@ class PageHeap {
   // so no thread coalescing a neighbour can take it for free; the caller sets the other fields.
   // nullptr when out of memory.
   Span* allocate(size_t pages, unsigned size_class);
-  // The same for a block realloc is growing, placed where it has room to grow by extend(): at
-  // the start of the longest free run, or half-way along it when the span before the run holds
-  // one block too, which may be growing into it.
+  // The same for a block realloc is growing, placed where extend() can lengthen it up to the
+  // largest small class (kGrowableRoomPages) without moving it again: in the first free run,
+  // resident ones before released ones and then by address, that has that room after the
+  // reserve of a growing span before it (neighbour_reserve); failing that, in fresh pages,
+  // which cost address space only until they are written. Reusing the lowest resident run
+  // keeps a program that grows one buffer after another on the same pages.
   Span* allocate_growable(size_t pages, unsigned size_class);
   // Gives a span back, merging it with free neighbours.
   void deallocate(Span* span);
@@ -121,6 +125,14 @@ class PageHeap {
   void decay_locked(uint64_t now);
 
   Span* take_free(size_t pages);
+  // The most pages a small span holds (a block of the largest class).
+  static constexpr size_t kGrowableRoomPages = kMaxSmallSize / kPageSize;
+  // Pages at the start of free run `run` kept for the span before it to grow into: that span
+  // holds one block, which realloc may be growing, up to kGrowableRoomPages.
+  size_t neighbour_reserve(const Span* run);
+  // The run allocate_growable() takes (see there), with the pages to leave at its start; nullptr
+  // when none has the room.
+  Span* growable_run(size_t* skip_pages);
   // The free span with the most pages (resident first among equals); nullptr when none.
   Span* longest_free();
   // Notes a hand-out and runs a decay scan if one is due; returns the time.

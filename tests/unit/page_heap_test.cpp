@@ -375,29 +375,49 @@ TEST_CASE("a span lengthens into the free pages after it, never into used ones")
   REQUIRE(st.free_bytes == st.system_bytes);
 }
 
-TEST_CASE("a growable span starts the longest free run, half-way along it after another growing span") {
+TEST_CASE("a growable span has room to grow to the largest class, after the room of a growing span before it") {
+  constexpr size_t kRoom = kMaxSmallSize / kPageSize;  // the pages of a 1 MiB block
+  const unsigned kLargestClass = kNumClasses - 1;
+  REQUIRE(size_class(kLargestClass).pages == kRoom);
   static SpanMap map;
   static PageHeap heap(map);
   REQUIRE(size_class(kAlone128K).objects == 1);
   REQUIRE(size_class(kAlone128K).pages == 16);
-  // A fresh chunk of 128 pages: the first span takes its start.
-  Span* a = heap.allocate_growable(16, kAlone128K);
-  REQUIRE(a != nullptr);
-  require_recorded_as(map, a, kAlone128K);
-  // The next leaves the first half of the 112 pages after `a` to `a`, which may be growing.
-  Span* b = heap.allocate_growable(16, kAlone128K);
-  REQUIRE(b != nullptr);
-  REQUIRE(b->start == a->end() + (112 - 16) / 2 * kPageSize);
-  REQUIRE(heap.extend(a, 16 + 48, kAlone256K));
-  REQUIRE(a->end() == b->start);
-  // After `b` come the last 48 pages, for `b` to grow into.
-  REQUIRE(heap.extend(b, 16 + 48, kAlone256K));
-  heap.deallocate(a);
-  heap.deallocate(b);
+  // One free run of exactly two rooms.
+  heap.deallocate(heap.allocate(2 * kRoom, kSomeClass));
+  REQUIRE(heap.stats().system_bytes == 2 * kRoom * kPageSize);
+  // The first takes the run's start; the second leaves the first its room, and gets the rest.
+  Span* first = heap.allocate_growable(16, kAlone128K);
+  REQUIRE(first != nullptr);
+  require_recorded_as(map, first, kAlone128K);
+  Span* second = heap.allocate_growable(16, kAlone128K);
+  REQUIRE(second != nullptr);
+  REQUIRE(second->start == first->start + kRoom * kPageSize);
+  REQUIRE(heap.stats().grows == 1);
+  // A third finds no run with room for it after the second's: it gets fresh pages.
+  Span* fresh = heap.allocate_growable(16, kAlone128K);
+  REQUIRE(fresh != nullptr);
+  REQUIRE(heap.stats().grows == 2);
+  REQUIRE((fresh->end() <= second->start || fresh->start >= second->start + kRoom * kPageSize));
+  for (Span* s : {first, second, fresh}) {
+    REQUIRE(heap.extend(s, kRoom, kLargestClass));
+    require_recorded_as(map, s, kLargestClass);
+  }
+  uintptr_t first_start = first->start;
+  heap.deallocate(first);
+  heap.deallocate(second);
+  // The lowest resident run with room is used again, so a program that grows one buffer after
+  // another stays on the same pages.
+  Span* d = heap.allocate_growable(16, kAlone128K);
+  REQUIRE(d->start == first_start);
+  REQUIRE(heap.stats().grows == 2);
+  heap.deallocate(d);
+  heap.deallocate(fresh);
 
   // A span of several blocks does not grow: a growable span after it takes the run's start.
   static SpanMap other_map;
   static PageHeap other_heap(other_map);
+  other_heap.deallocate(other_heap.allocate(2 * kRoom, kSomeClass));
   Span* small = other_heap.allocate(2, kSomeClass);
   Span* c = other_heap.allocate_growable(16, kAlone128K);
   REQUIRE(c->start == small->end());
