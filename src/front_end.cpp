@@ -222,13 +222,13 @@ size_t block_size(const Span* span) {
   return span->state == SpanState::kSmall ? size_class(span->size_class).size - canary_bytes() : span->bytes;
 }
 
-// A block alone in its span (classes from 40 KiB up) that grows into a larger class of such blocks: it
-// takes the free pages after its span when there are enough (nothing is copied, and the pages
-// become resident only as the program writes them), else it moves to a span placed with room to
-// grow. Hardened mode keeps a canary at the block's end and carves the class above; it always
-// moves.
-bool grows_alone(const Span* span, unsigned cls) {
-  return cls > span->size_class && cls < kNumClasses && size_class(span->size_class).objects == 1 && !g_hardened;
+// realloc growing a block into a class whose blocks are alone in their spans (40 KiB up): a
+// block already alone in its span first takes the free pages after it (nothing is copied, and
+// the pages become resident only as the program writes them); a block that moves goes to a span
+// placed with room to grow up to the largest class, so it moves at most once on its way there.
+// Hardened mode keeps a canary at the block's end and carves the class above; it always moves.
+bool grows_into_alone_class(const Span* span, unsigned cls) {
+  return cls > span->size_class && cls < kNumClasses && size_class(cls).objects == 1 && !g_hardened;
 }
 
 }  // namespace
@@ -275,8 +275,9 @@ void* reallocate(void* p, size_t size, const char* call) {
   if (span->state == SpanState::kSmall) {
     unsigned cls = carved_class(size);
     if (cls == span->size_class) return p;
-    if (grows_alone(span, cls)) {
-      if (central_list(span->size_class).grow_live_span(span, cls)) return p;
+    if (grows_into_alone_class(span, cls)) {
+      if (size_class(span->size_class).objects == 1 && central_list(span->size_class).grow_live_span(span, cls))
+        return p;
       fresh = central_list(cls).allocate_growable();
       if (fresh == nullptr) return out_of_memory();
     }

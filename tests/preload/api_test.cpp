@@ -158,13 +158,12 @@ TEST_CASE("realloc keeps the contents through growing and shrinking, small and l
   free(p);
 }
 
-TEST_CASE("realloc grows a block of 64 KiB and up in place when the pages after it are free") {
-  // Doubling from 64 KiB to 1 MiB crosses four classes of one block per span. The first step may
-  // move (the block came from a cache, with no room after it); the move puts it at the start of
-  // the longest free run, where the next steps take the pages after it, unless that run is
-  // shorter than 1 MiB, which costs one more move. Copying at every class would move 4 times,
-  // as hardened mode does (the canary at the block's end has to move with it).
-  size_t have = 64 << 10;
+TEST_CASE("realloc grows a block into the classes of 64 KiB and up with one move, then in place") {
+  // Doubling from 32 KiB (two blocks per span) to 1 MiB crosses five classes of one block per
+  // span. The first step moves the block out of its shared span, to one placed with room to
+  // grow to 1 MiB; every later step takes the pages after it. Copying at every class would move
+  // 5 times, as hardened mode does (the canary at the block's end has to move with it).
+  size_t have = 32 << 10;
   auto* p = static_cast<unsigned char*>(malloc(have));
   REQUIRE(p != nullptr);
   for (size_t i = 0; i < have; ++i) p[i] = static_cast<unsigned char>(i * 13 + 1);
@@ -180,8 +179,8 @@ TEST_CASE("realloc grows a block of 64 KiB and up in place when the pages after 
     p = q;
     have = size;
   }
-  if (hardened()) REQUIRE(moves == 4);
-  else REQUIRE(moves <= 2);
+  if (hardened()) REQUIRE(moves == 5);
+  else REQUIRE(moves == 1);
   free(p);
 }
 
