@@ -108,7 +108,10 @@ Span* PageHeap::allocate_growable(size_t pages, unsigned size_class) {
   uint64_t now = start_hand_out_locked();
   size_t skip = 0;
   Span* run = growable_run(&skip);
-  if (run == nullptr && grow(kGrowableRoomPages) != nullptr) {
+  // Fresh room costs address space only, but a program that keeps many grown blocks would keep
+  // most of it in the gaps between them (other spans fill them in time): room is mapped only
+  // while the heap's free pages do not outnumber its used ones by more than kRoomSlackBytes.
+  if (run == nullptr && free_bytes_ <= in_use() + kRoomSlackBytes && grow(kGrowableRoomPages) != nullptr) {
     ++grows_;
     run = growable_run(&skip);
   }

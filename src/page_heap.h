@@ -51,6 +51,8 @@ class PageHeap {
   static constexpr size_t kShrinkMinDrop = 2 * kRetainBytes;
   // The cap is enforced at most this often (but see the top of this file for a shrink).
   static constexpr uint64_t kCapIntervalMs = 10;
+  // How far free pages may outnumber used ones before allocate_growable maps no more room.
+  static constexpr size_t kRoomSlackBytes = size_t{64} << 20;
 
   // `map` is where this heap records its spans (the process's g_span_map; tests give their own).
   explicit constexpr PageHeap(SpanMap& map) : map_(map) {}
@@ -64,8 +66,9 @@ class PageHeap {
   // largest small class (kGrowableRoomPages) without moving it again: in the first free run,
   // resident ones before released ones and then by address, that has that room after the
   // reserve of a growing span before it (neighbour_reserve); failing that, in fresh pages,
-  // which cost address space only until they are written. Reusing the lowest resident run
-  // keeps a program that grows one buffer after another on the same pages.
+  // which cost address space only until they are written (within a bound, kRoomSlackBytes);
+  // failing that, in the longest run. Reusing the lowest resident run keeps a program that
+  // grows one buffer after another on the same pages.
   Span* allocate_growable(size_t pages, unsigned size_class);
   // Gives a span back, merging it with free neighbours.
   void deallocate(Span* span);

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <thread>
+#include <vector>
 
 #include "os/os.h"
 #include "page_heap.h"
@@ -423,4 +424,24 @@ TEST_CASE("a growable span has room to grow to the largest class, after the room
   REQUIRE(c->start == small->end());
   other_heap.deallocate(c);
   other_heap.deallocate(small);
+}
+
+TEST_CASE("growable spans stop mapping fresh room once free pages outnumber used ones by 64 MiB") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  const unsigned kAlone48K = size_to_class(48 << 10);
+  REQUIRE(size_class(kAlone48K).objects == 1);
+  // Each block held, each with 1 MiB of room after it: without a bound, 200 of them would map
+  // 200 MiB for 9.4 MiB of blocks.
+  std::vector<Span*> held;
+  for (int i = 0; i < 200; ++i) {
+    Span* s = heap.allocate_growable(size_class(kAlone48K).pages, kAlone48K);
+    REQUIRE(s != nullptr);
+    held.push_back(s);
+  }
+  PageHeapStats st = heap.stats();
+  size_t in_use = st.system_bytes - st.free_bytes;
+  INFO("mapped " << st.system_bytes << " in use " << in_use);
+  REQUIRE(st.system_bytes <= 2 * in_use + PageHeap::kRoomSlackBytes + kMaxSmallSize);
+  for (Span* s : held) heap.deallocate(s);
 }
