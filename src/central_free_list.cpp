@@ -111,17 +111,26 @@ void CentralFreeList::deallocate_batch(void* const* objects, int n) {
   subtract(live_, static_cast<uint64_t>(n));
 }
 
-bool CentralFreeList::grow_live_span(Span* span, unsigned to) {
-  const SizeClass& sc = size_class(to);
-  if (!g_page_heap.extend(span, sc.pages, to)) return false;
+void CentralFreeList::hand_live_span_to(Span* span, unsigned to) {
   // Where the class's spans end: pop() takes a span off the list once it is reached.
-  span->never_used = span->start + sc.size;
+  span->never_used = span->start + size_class(to).size;
   // The span is on no list (its one object is out): only the counts change hands.
   subtract(live_, 1);
   subtract(spans_, 1);
-  CentralFreeList& grown = central_list(to);
-  add(grown.live_, 1);
-  add(grown.spans_, 1);
+  CentralFreeList& other = central_list(to);
+  add(other.live_, 1);
+  add(other.spans_, 1);
+}
+
+bool CentralFreeList::grow_live_span(Span* span, unsigned to) {
+  if (!g_page_heap.extend(span, size_class(to).pages, to)) return false;
+  hand_live_span_to(span, to);
+  return true;
+}
+
+bool CentralFreeList::shrink_live_span(Span* span, unsigned to) {
+  if (!g_page_heap.shrink(span, size_class(to).pages, to)) return false;
+  hand_live_span_to(span, to);
   return true;
 }
 

@@ -37,6 +37,9 @@ class CentralFreeList {
   // span of the larger one-object class `to`, by taking the free pages after it from the page
   // heap. False, with nothing changed, when those pages are not free.
   bool grow_live_span(Span* span, unsigned to);
+  // The same for a smaller one-object class `to`: the span keeps its first pages and gives the
+  // rest to the page heap. False, with nothing changed, when out of memory for a descriptor.
+  bool shrink_live_span(Span* span, unsigned to);
   // realloc, when that failed: the object of a new span of this one-object class, placed with
   // room to grow (PageHeap::allocate_growable) and handed out at once. nullptr when out of
   // memory.
@@ -59,6 +62,9 @@ class CentralFreeList {
   size_t release_empty_spans_locked();
   // An empty span leaves the class for the page heap.
   void give_back(Span* span);
+  // After the page heap resized `span`, this class's live one-object span, to class `to`: its
+  // object ends where the new class's does, and the span counts in `to` from now on.
+  void hand_live_span_to(Span* span, unsigned to);
 
   Mutex lock_;
   SpanList nonempty_;  // spans with at least one free object

@@ -19,10 +19,10 @@
 //   central list of a class     its CentralFreeList::lock(): the nonempty span list, every
 //                               field of the spans the class owns, their free objects. But a
 //                               span of one object that is out is on no list and reached only
-//                               by the block's holder: realloc lengthens it under the page
-//                               heap's lock (PageHeap::extend), or carves a new one there
-//                               (allocate_growable), without the class's lock; the class
-//                               counters are relaxed atomic adds for that reason
+//                               by the block's holder: realloc lengthens or shortens it under
+//                               the page heap's lock (PageHeap::extend, shrink), or carves a
+//                               new one there (allocate_growable), without the class's lock;
+//                               the class counters are relaxed atomic adds for that reason
 //   page heap                   PageHeap::lock(): free span bins, span fields of free spans,
 //                               span state (written only under it), splitting and coalescing,
 //                               statistics of large blocks, decay (free_since_ms, madvise);
@@ -231,6 +231,14 @@ bool grows_into_alone_class(const Span* span, unsigned cls) {
   return cls > span->size_class && cls < kNumClasses && size_class(cls).objects == 1 && !g_hardened;
 }
 
+// realloc shrinking a block alone in its span into a smaller class of such blocks: the span
+// keeps its first pages and frees the rest, so the block neither moves nor is copied (hardened
+// mode moves it, with its canary).
+bool shrinks_alone(const Span* span, unsigned cls) {
+  return cls < span->size_class && size_class(cls).objects == 1 && size_class(span->size_class).objects == 1 &&
+         !g_hardened;
+}
+
 }  // namespace
 
 void deallocate_sized_aligned(void* p, size_t size, const char* call) {
@@ -275,6 +283,7 @@ void* reallocate(void* p, size_t size, const char* call) {
   if (span->state == SpanState::kSmall) {
     unsigned cls = carved_class(size);
     if (cls == span->size_class) return p;
+    if (shrinks_alone(span, cls) && central_list(span->size_class).shrink_live_span(span, cls)) return p;
     if (grows_into_alone_class(span, cls)) {
       if (size_class(span->size_class).objects == 1 && central_list(span->size_class).grow_live_span(span, cls))
         return p;

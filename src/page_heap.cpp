@@ -258,6 +258,24 @@ Span* PageHeap::coalesce(Span* span) {
 
 void PageHeap::deallocate(Span* span) {
   LockGuard guard(lock_);
+  deallocate_locked(span);
+}
+
+bool PageHeap::shrink(Span* span, size_t pages, unsigned size_class) {
+  LockGuard guard(lock_);
+  Span* rest = g_span_pool.create();
+  if (rest == nullptr) return false;
+  size_t keep = pages * kPageSize;
+  rest->start = span->start + keep;
+  rest->bytes = span->bytes - keep;
+  span->bytes = keep;
+  span->size_class = static_cast<uint8_t>(size_class);
+  map_.set_small_span(span, size_class);
+  deallocate_locked(rest);
+  return true;
+}
+
+void PageHeap::deallocate_locked(Span* span) {
   // Every page loses its class first: free() trusts a class it finds in the span map.
   map_.set_range(span->start, span->bytes, span);
   span->size_class = 0;

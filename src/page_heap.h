@@ -77,6 +77,10 @@ class PageHeap {
   // when they are not free. The caller holds the span's one object, so nobody else reaches the
   // span meanwhile; it sets the fields the central list keeps.
   bool extend(Span* span, size_t pages, unsigned size_class);
+  // The opposite, for realloc shrinking such a block: keeps the first `pages` pages as a span of
+  // the smaller class `size_class` and frees the rest. False, with nothing changed, only when no
+  // descriptor can be had for the rest.
+  bool shrink(Span* span, size_t pages, unsigned size_class);
   // Gives every free span's pages back to the OS; returns the bytes newly released.
   size_t release_free_pages();
   // From the slow paths, with no lock held, `now` from os::now_ms(): releases spans free for
@@ -108,6 +112,8 @@ class PageHeap {
   size_t retain_limit() const {
     return shrinking() ? kShrinkingRetainBytes + in_use() / 8 : kRetainBytes + in_use() / 4;
   }
+  // deallocate() with the lock held.
+  void deallocate_locked(Span* span);
   void note_shrinking_locked(uint64_t now);
   // After pages went into use: raises the recent peak, then notes whether the heap shrinks.
   void note_handed_out_locked(uint64_t now);

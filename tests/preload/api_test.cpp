@@ -184,6 +184,35 @@ TEST_CASE("realloc grows a block into the classes of 64 KiB and up with one move
   free(p);
 }
 
+TEST_CASE("realloc shrinks a block of the classes of 64 KiB and up in place") {
+  // Halving from 1 MiB to 64 KiB stays in classes of one block per span: the span keeps its
+  // first pages and frees the rest, so the block stays where it is. Hardened mode moves it
+  // (the canary at the block's end has to move with it).
+  size_t have = 1 << 20;
+  auto* p = static_cast<unsigned char*>(malloc(have));
+  REQUIRE(p != nullptr);
+  for (size_t i = 0; i < have; ++i) p[i] = static_cast<unsigned char>(i * 7 + 3);
+  int moves = 0;
+  for (size_t size = have / 2; size >= (64 << 10); size /= 2) {
+    INFO(size);
+    auto* q = static_cast<unsigned char*>(realloc_fn(p, size));
+    REQUIRE(q != nullptr);
+    if (q != p) ++moves;
+    REQUIRE(malloc_usable_size(q) >= size);
+    REQUIRE(malloc_usable_size(q) < 2 * size);
+    for (size_t i = 0; i < size; ++i) REQUIRE(q[i] == static_cast<unsigned char>(i * 7 + 3));
+    p = q;
+  }
+  if (hardened()) REQUIRE(moves == 4);
+  else REQUIRE(moves == 0);
+  // The freed pages are whole again for a block that takes them.
+  void* big = malloc(1 << 20);
+  REQUIRE(big != nullptr);
+  memset(big, 1, 1 << 20);
+  free(big);
+  free(p);
+}
+
 TEST_CASE("realloc(NULL, n) allocates and realloc(p, 0) frees") {
   void* p = realloc_fn(nullptr, 40);
   REQUIRE(p != nullptr);

@@ -47,10 +47,14 @@ struct Checked {
     for (size_t i = 16; i < size; ++i) p[i] = static_cast<unsigned char>(tag + i);
   }
   static bool check(const void* block, uint32_t tag) {
-    auto* p = static_cast<const unsigned char*>(block);
     size_t size;
+    memcpy(&size, block, sizeof size);
+    return check_first(block, tag, size);
+  }
+  // The first `size` bytes only, for a block realloc has shrunk since it was filled.
+  static bool check_first(const void* block, uint32_t tag, size_t size) {
+    auto* p = static_cast<const unsigned char*>(block);
     uint32_t stored;
-    memcpy(&size, p, sizeof size);
     memcpy(&stored, p + 8, sizeof stored);
     if (stored != tag || malloc_usable_size(const_cast<void*>(block)) < size) return false;
     for (size_t i = 16; i < size; ++i)

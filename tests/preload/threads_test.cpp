@@ -202,9 +202,10 @@ TEST_CASE("oversubscribed span churn: spans move between the page heap and the c
   REQUIRE(ok);
 }
 
-TEST_CASE("blocks that realloc grows in place on many threads never overlap") {
+TEST_CASE("blocks that realloc grows and shrinks in place on many threads never overlap") {
   // Each thread grows two blocks at a time from 64 KiB to 1 MiB, one doubling each in turn, so
-  // blocks of several threads are carved next to each other and grow into the same free runs.
+  // blocks of several threads are carved next to each other and grow into the same free runs;
+  // then shrinks them back, which frees the pages other threads' blocks grow into.
   constexpr int kThreads = 16, kRounds = 40;
   std::atomic<bool> ok{true};
   std::vector<std::thread> threads;
@@ -225,16 +226,31 @@ TEST_CASE("blocks that realloc grows in place on many threads never overlap") {
             held[i] = grown;
           }
         }
+        for (size_t size = 256 << 10; size >= (64 << 10); size /= 4) {
+          for (int i = 0; i < 2; ++i) {
+            void* shrunk = realloc(held[i], size);
+            if (shrunk == nullptr) abort();
+            if (!Checked::check_first(shrunk, tags[i], size)) ok = false;
+            tags[i] = static_cast<uint32_t>(rng());
+            Checked::fill(static_cast<unsigned char*>(shrunk), size, tags[i]);
+            held[i] = shrunk;
+          }
+        }
         for (int i = 0; i < 2; ++i) {
           if (!Checked::check(held[i], tags[i])) ok = false;
           free(held[i]);
         }
-        // Grown spans now belong to the larger classes, and plain mallocs of those sizes take
-        // their blocks again: they must be whole blocks of those classes.
-        void* again[4];
-        uint32_t again_tags[4];
-        for (int i = 0; i < 4; ++i) again[i] = Checked::make((size_t{128} << 10) << i, again_tags[i] = static_cast<uint32_t>(rng()));
-        for (int i = 0; i < 4; ++i) {
+        // Grown and shrunk spans now belong to other classes, and plain mallocs of those sizes
+        // take their blocks again, more than the per-CPU caches hold: they must be whole
+        // blocks of those classes.
+        constexpr int kAgain = 12;
+        void* again[kAgain];
+        uint32_t again_tags[kAgain];
+        for (int i = 0; i < kAgain; ++i) {
+          size_t size = i < 4 ? (size_t{128} << 10) << i : size_t{64} << 10;
+          again[i] = Checked::make(size, again_tags[i] = static_cast<uint32_t>(rng()));
+        }
+        for (int i = 0; i < kAgain; ++i) {
           if (!Checked::check(again[i], again_tags[i])) ok = false;
           free(again[i]);
         }

@@ -123,3 +123,31 @@ TEST_CASE("a class that hands nothing out for a whole period gives its kept span
   list.release_idle();
   REQUIRE(list.stats().spans == 0);
 }
+
+TEST_CASE("a held one-object span that realloc resizes moves to its new class, counts and carving end included") {
+  const unsigned k1M = kNumClasses - 1, k64K = size_to_class(64 << 10);
+  REQUIRE(size_class(k1M).objects == 1);
+  REQUIRE(size_class(k64K).objects == 1);
+  void* p;
+  REQUIRE(central_list(k1M).allocate_batch(&p, 1) == 1);
+  Span* span = g_span_map.lookup(reinterpret_cast<uintptr_t>(p));
+  REQUIRE(span->size_class == k1M);
+  CentralStats big = central_list(k1M).stats(), small = central_list(k64K).stats();
+
+  REQUIRE(central_list(k1M).shrink_live_span(span, k64K));
+  REQUIRE(span->size_class == k64K);
+  REQUIRE(span->bytes == size_class(k64K).pages * kPageSize);
+  // pop() carves a span's objects up to never_used: it must end with the new class's object.
+  REQUIRE(span->never_used == span->start + size_class(k64K).size);
+  REQUIRE(central_list(k1M).stats().spans == big.spans - 1);
+  REQUIRE(central_list(k1M).stats().live_objects == big.live_objects - 1);
+  REQUIRE(central_list(k64K).stats().spans == small.spans + 1);
+  REQUIRE(central_list(k64K).stats().live_objects == small.live_objects + 1);
+
+  // Back up, into the pages it just gave back (nobody else took them meanwhile).
+  REQUIRE(central_list(k64K).grow_live_span(span, k1M));
+  REQUIRE(span->never_used == span->start + size_class(k1M).size);
+  REQUIRE(central_list(k1M).stats().spans == big.spans);
+  REQUIRE(central_list(k64K).stats().spans == small.spans);
+  central_list(k1M).deallocate_batch(&p, 1);
+}

@@ -376,6 +376,35 @@ TEST_CASE("a span lengthens into the free pages after it, never into used ones")
   REQUIRE(st.free_bytes == st.system_bytes);
 }
 
+TEST_CASE("a span shortens to its first pages and frees the rest, which joins the free pages after it") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  Span* a = heap.allocate(32, kAlone256K);  // the start of a fresh chunk
+  REQUIRE(a != nullptr);
+  REQUIRE(size_class(kAlone256K).pages == 32);
+  // Resident free pages after it (the untouched rest of the chunk would not merge with them).
+  Span* b = heap.allocate(16, kSomeClass);
+  REQUIRE(b->start == a->end());
+  heap.deallocate(b);
+  size_t free_before = heap.stats().free_bytes, spans_before = heap.stats().free_spans;
+  uintptr_t start = a->start;
+  REQUIRE(heap.shrink(a, 16, kAlone128K));
+  REQUIRE(a->start == start);
+  REQUIRE(a->pages() == 16);
+  require_recorded_as(map, a, kAlone128K);
+  REQUIRE(heap.stats().free_bytes == free_before + 16 * kPageSize);
+  REQUIRE(heap.stats().free_spans == spans_before);  // merged with the free pages after it
+  // The freed pages carry no class, so free() of an address there goes to the slow path.
+  for (uintptr_t page = a->end(); page < a->end() + 16 * kPageSize; page += kPageSize)
+    REQUIRE(SpanMap::entry_class(map.lookup_entry(page)) == 0);
+  // And they can be taken again, here by the span they came from.
+  REQUIRE(heap.extend(a, 32, kAlone256K));
+  require_recorded_as(map, a, kAlone256K);
+  heap.deallocate(a);
+  PageHeapStats st = heap.stats();
+  REQUIRE(st.free_bytes == st.system_bytes);
+}
+
 TEST_CASE("a growable span has room to grow to the largest class, after the room of a growing span before it") {
   constexpr size_t kRoom = kMaxSmallSize / kPageSize;  // the pages of a 1 MiB block
   const unsigned kLargestClass = kNumClasses - 1;
