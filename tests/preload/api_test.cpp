@@ -1,12 +1,14 @@
 // The C API's contract, as glibc gives it, checked with libfastmalloc.so preloaded.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <malloc.h>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "preload_support.h"
@@ -158,27 +160,42 @@ TEST_CASE("realloc keeps the contents through growing and shrinking, small and l
   free(p);
 }
 
-TEST_CASE("realloc grows a block into the classes of 64 KiB and up with one move, then in place") {
-  // Doubling from 32 KiB (two blocks per span) to 1 MiB crosses five classes of one block per
-  // span. The first step moves the block out of its shared span, to one placed with room to
-  // grow to 1 MiB; every later step takes the pages after it. Copying at every class would move
-  // 5 times, as hardened mode does (the canary at the block's end has to move with it).
-  size_t have = 32 << 10;
-  auto* p = static_cast<unsigned char*>(malloc(have));
-  REQUIRE(p != nullptr);
-  for (size_t i = 0; i < have; ++i) p[i] = static_cast<unsigned char>(i * 13 + 1);
+namespace {
+unsigned char pattern_at(size_t i) { return static_cast<unsigned char>(i * 13 + 1); }
+
+// Reallocs block p, whose first `have` bytes hold pattern_at(), to each size in turn: the kept
+// bytes must survive and the new ones are filled in. Returns the block and how often it moved.
+std::pair<unsigned char*, int> realloc_through(unsigned char* p, size_t have, std::initializer_list<size_t> sizes) {
   int moves = 0;
-  for (size_t size = have * 2; size <= (1 << 20); size *= 2) {
+  for (size_t size : sizes) {
     INFO(size);
     auto* q = static_cast<unsigned char*>(realloc_fn(p, size));
     REQUIRE(q != nullptr);
     if (q != p) ++moves;
     REQUIRE(malloc_usable_size(q) >= size);
-    for (size_t i = 0; i < have; ++i) REQUIRE(q[i] == static_cast<unsigned char>(i * 13 + 1));
-    for (size_t i = have; i < size; ++i) q[i] = static_cast<unsigned char>(i * 13 + 1);
+    REQUIRE(malloc_usable_size(q) < 2 * size);
+    for (size_t i = 0; i < std::min(have, size); ++i) REQUIRE(q[i] == pattern_at(i));
+    for (size_t i = have; i < size; ++i) q[i] = pattern_at(i);
     p = q;
     have = size;
   }
+  return {p, moves};
+}
+
+unsigned char* filled_block(size_t size) {
+  auto* p = static_cast<unsigned char*>(malloc(size));
+  REQUIRE(p != nullptr);
+  for (size_t i = 0; i < size; ++i) p[i] = pattern_at(i);
+  return p;
+}
+}  // namespace
+
+TEST_CASE("realloc grows a block into the classes of 64 KiB and up with one move, then in place") {
+  // Doubling from 32 KiB (two blocks per span) to 1 MiB crosses five classes of one block per
+  // span. The first step moves the block out of its shared span, to one placed with room to
+  // grow to 1 MiB; every later step takes the pages after it. Copying at every class would move
+  // 5 times, as hardened mode does (the canary at the block's end has to move with it).
+  auto [p, moves] = realloc_through(filled_block(32 << 10), 32 << 10, {64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20});
   if (hardened()) REQUIRE(moves == 5);
   else REQUIRE(moves == 1);
   free(p);
@@ -188,21 +205,7 @@ TEST_CASE("realloc shrinks a block of the classes of 64 KiB and up in place") {
   // Halving from 1 MiB to 64 KiB stays in classes of one block per span: the span keeps its
   // first pages and frees the rest, so the block stays where it is. Hardened mode moves it
   // (the canary at the block's end has to move with it).
-  size_t have = 1 << 20;
-  auto* p = static_cast<unsigned char*>(malloc(have));
-  REQUIRE(p != nullptr);
-  for (size_t i = 0; i < have; ++i) p[i] = static_cast<unsigned char>(i * 7 + 3);
-  int moves = 0;
-  for (size_t size = have / 2; size >= (64 << 10); size /= 2) {
-    INFO(size);
-    auto* q = static_cast<unsigned char*>(realloc_fn(p, size));
-    REQUIRE(q != nullptr);
-    if (q != p) ++moves;
-    REQUIRE(malloc_usable_size(q) >= size);
-    REQUIRE(malloc_usable_size(q) < 2 * size);
-    for (size_t i = 0; i < size; ++i) REQUIRE(q[i] == static_cast<unsigned char>(i * 7 + 3));
-    p = q;
-  }
+  auto [p, moves] = realloc_through(filled_block(1 << 20), 1 << 20, {512 << 10, 256 << 10, 128 << 10, 64 << 10});
   if (hardened()) REQUIRE(moves == 4);
   else REQUIRE(moves == 0);
   // The freed pages are whole again for a block that takes them.
