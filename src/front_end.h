@@ -102,9 +102,13 @@ FM_ALWAYS_INLINE Span* span_of(const void* p, const char* call) {
   detail::report_invalid(call, p);
 }
 
+// Requests up to kMaxLookupSize, most of them, find their class after one comparison.
 FM_ALWAYS_INLINE void* allocate(size_t size) {
-  if (FM_LIKELY(size <= kMaxSmallSize)) return allocate_small(size_to_class(size));
-  return detail::allocate_large(size, 0);
+  unsigned cls;
+  if (FM_LIKELY(size <= kMaxLookupSize)) cls = lookup_class(size);
+  else if (size <= kMaxSmallSize) cls = size_class_detail::class_of_size_computed(size);
+  else return detail::allocate_large(size, 0);
+  return allocate_small(cls);
 }
 
 // The span-map entry of addr's page: 0 where there is none, and also where the map's read side

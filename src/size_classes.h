@@ -25,6 +25,7 @@
 namespace fastmalloc {
 
 inline constexpr size_t kMaxSmallSize = 1024 * 1024;
+inline constexpr size_t kMaxLookupSize = 1024;  // classes up to here come from a table
 inline constexpr unsigned kNumClasses = 62;  // 1..61 are classes
 
 // 32 bytes, so a class's entry is found with one shift, and free's check (is_object_boundary)
@@ -70,7 +71,7 @@ constexpr uint32_t pages_for(size_t size) {
 
 struct Table {
   SizeClass classes[kNumClasses];
-  uint8_t small_lookup[1024 / 8 + 1];  // index (size + 7) / 8, for sizes up to 1024
+  uint8_t small_lookup[kMaxLookupSize / 8 + 1];  // index (size + 7) / 8
 };
 
 constexpr Table make_table() {
@@ -81,7 +82,7 @@ constexpr Table make_table() {
     uint32_t objects = static_cast<uint32_t>(pages * kPageSize / size);
     t.classes[cls] = SizeClass{~uint64_t{0} / size + 1, objects * size, static_cast<uint32_t>(size), pages, objects};
   }
-  for (size_t i = 0; i <= 1024 / 8; ++i) t.small_lookup[i] = static_cast<uint8_t>(class_of_size_computed(i * 8));
+  for (size_t i = 0; i <= kMaxLookupSize / 8; ++i) t.small_lookup[i] = static_cast<uint8_t>(class_of_size_computed(i * 8));
   return t;
 }
 
@@ -94,9 +95,12 @@ static_assert(pages_for(kMaxSmallSize) <= 255 && pages_for(size_of_class(kNumCla
 
 FM_ALWAYS_INLINE const SizeClass& size_class(unsigned cls) { return size_class_detail::kTable.classes[cls]; }
 
+// The class for a request of at most kMaxLookupSize bytes: one table load.
+FM_ALWAYS_INLINE unsigned lookup_class(size_t size) { return size_class_detail::kTable.small_lookup[(size + 7) >> 3]; }
+
 // The class for a request of `size` bytes; size must be at most kMaxSmallSize.
 FM_ALWAYS_INLINE unsigned size_to_class(size_t size) {
-  if (FM_LIKELY(size <= 1024)) return size_class_detail::kTable.small_lookup[(size + 7) >> 3];
+  if (FM_LIKELY(size <= kMaxLookupSize)) return lookup_class(size);
   return size_class_detail::class_of_size_computed(size);
 }
 
