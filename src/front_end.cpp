@@ -228,15 +228,14 @@ size_t block_size(const Span* span) {
 // placed with room to grow up to the largest class, so it moves at most once on its way there.
 // Hardened mode keeps a canary at the block's end and carves the class above; it always moves.
 bool grows_into_alone_class(const Span* span, unsigned cls) {
-  return cls > span->size_class && cls < kNumClasses && size_class(cls).objects == 1 && !g_hardened;
+  return cls > span->size_class && cls < kNumClasses && one_block_per_span(cls) && !g_hardened;
 }
 
 // realloc shrinking a block alone in its span into a smaller class of such blocks: the span
 // keeps its first pages and frees the rest, so the block neither moves nor is copied (hardened
 // mode moves it, with its canary).
 bool shrinks_alone(const Span* span, unsigned cls) {
-  return cls < span->size_class && size_class(cls).objects == 1 && size_class(span->size_class).objects == 1 &&
-         !g_hardened;
+  return cls < span->size_class && one_block_per_span(cls) && one_block_per_span(span->size_class) && !g_hardened;
 }
 
 }  // namespace
@@ -285,8 +284,7 @@ void* reallocate(void* p, size_t size, const char* call) {
     if (cls == span->size_class) return p;
     if (shrinks_alone(span, cls) && central_list(span->size_class).shrink_live_span(span, cls)) return p;
     if (grows_into_alone_class(span, cls)) {
-      if (size_class(span->size_class).objects == 1 && central_list(span->size_class).grow_live_span(span, cls))
-        return p;
+      if (one_block_per_span(span->size_class) && central_list(span->size_class).grow_live_span(span, cls)) return p;
       fresh = central_list(cls).allocate_growable();
       if (fresh == nullptr) return out_of_memory();
     }

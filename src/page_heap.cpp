@@ -85,7 +85,7 @@ Span* PageHeap::allocate(size_t pages, unsigned size_class) {
 size_t PageHeap::neighbour_reserve(const Span* run) {
   Span* before = map_.lookup(run->start - 1);
   if (before == nullptr || before->end() != run->start || before->state != SpanState::kSmall ||
-      fastmalloc::size_class(before->size_class).objects != 1)
+      !one_block_per_span(before->size_class))
     return 0;
   return before->pages() < kGrowableRoomPages ? kGrowableRoomPages - before->pages() : 0;
 }

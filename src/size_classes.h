@@ -95,6 +95,10 @@ static_assert(pages_for(kMaxSmallSize) <= 255 && pages_for(size_of_class(kNumCla
 
 FM_ALWAYS_INLINE const SizeClass& size_class(unsigned cls) { return size_class_detail::kTable.classes[cls]; }
 
+// Whether the spans of class `cls` hold one block each (the classes from 40 KiB up): realloc
+// resizes such a block by resizing its span.
+FM_ALWAYS_INLINE bool one_block_per_span(unsigned cls) { return size_class(cls).objects == 1; }
+
 // The class for a request of at most kMaxLookupSize bytes: one table load.
 FM_ALWAYS_INLINE unsigned lookup_class(size_t size) { return size_class_detail::kTable.small_lookup[(size + 7) >> 3]; }
 
