@@ -3,6 +3,7 @@
 
 #include "block_check.h"
 #include "os/message.h"
+#include "os/os.h"
 #include "span_map.h"
 
 namespace fastmalloc {
@@ -36,32 +37,50 @@ Span* CentralFreeList::new_span() {
   return span;
 }
 
-// Objects come from the span's free list first, then from memory never handed out: a new span is
-// carved lazily, so its untouched pages cost no RSS. Either way the object leaves with the free
-// signature in its first word, as every free object has (block_check.h).
+// An object the span's free list holds, with the free signature in its first word, as every
+// free object has (block_check.h).
 void* CentralFreeList::pop(Span* span) {
   const SizeClass& sc = size_class(size_class_);
   void* object = span->free_objects;
-  if (object != nullptr) {
-    void* next;
-    if (!decode_link(object, span->start, size_class_, &next)) {
-      lock_.unlock();
-      os::fatal_misuse("malloc", object, "a free block was overwritten (use after free?): its free-list link is corrupt");
-    }
-    span->free_objects = next;
-  } else {
-    object = reinterpret_cast<void*>(span->never_used);
-    span->never_used += sc.size;
+  void* next;
+  if (!decode_link(object, span->start, size_class_, &next)) {
+    lock_.unlock();
+    os::fatal_misuse("malloc", object, "a free block was overwritten (use after free?): its free-list link is corrupt");
   }
+  span->free_objects = next;
   mark_free(object);
   ++span->live;
-  if (span->free_objects == nullptr && span->never_used == span->start + uintptr_t{sc.objects} * sc.size)
+  if (next == nullptr && span->never_used == span->start + uintptr_t{sc.objects} * sc.size)
     nonempty_.remove(span);
   return object;
 }
 
-// Carving writes each new object's first word (its free signature), which makes its page
-// resident: a batch carves at most a page's worth beyond its first object, so the objects of
+// Memory never handed out is carved lazily, so a span's untouched pages cost no RSS. Carving
+// writes each new object's first word (its free signature), which faults its page in: where the
+// span came from pages that are not resident, and every page of the run holds an object's
+// first word (objects no bigger than a page), one system call faults them in instead.
+int CentralFreeList::carve(Span* span, void** out, int n) {
+  const SizeClass& sc = size_class(size_class_);
+  uintptr_t objects_end = span->start + uintptr_t{sc.objects} * sc.size;
+  size_t left = (objects_end - span->never_used) / sc.size;
+  if (left < static_cast<size_t>(n)) n = static_cast<int>(left);
+  uintptr_t first = span->never_used;
+  if (const uintptr_t os_page = os::hardware_page_size(); span->released && sc.size <= os_page) {
+    uintptr_t last_word_end = first + uintptr_t(n - 1) * sc.size + sizeof(void*);
+    uintptr_t from = first & ~(os_page - 1), to = (last_word_end + os_page - 1) & ~(os_page - 1);
+    os::populate_for_write(reinterpret_cast<void*>(from), to - from);
+  }
+  for (int i = 0; i < n; ++i) {
+    out[i] = reinterpret_cast<void*>(first + uintptr_t(i) * sc.size);
+    mark_free(out[i]);
+  }
+  span->never_used = first + uintptr_t(n) * sc.size;
+  span->live += static_cast<uint32_t>(n);
+  if (span->free_objects == nullptr && span->never_used == objects_end) nonempty_.remove(span);
+  return n;
+}
+
+// A batch carves at most a page's worth of new objects beyond its first one, so the objects of
 // large classes that wait in a cache do not each hold a page the program has not used yet.
 int CentralFreeList::allocate_batch(void** out, int n) {
   LockGuard guard(lock_);
@@ -71,11 +90,15 @@ int CentralFreeList::allocate_batch(void** out, int n) {
   while (got < n) {
     Span* span = nonempty_.first();
     if (span == nullptr && (span = new_span()) == nullptr) break;
-    if (span->free_objects == nullptr) {
-      if (got > 0 && carved_bytes >= kPageSize) break;
-      carved_bytes += object_bytes;
+    if (span->free_objects != nullptr) {
+      out[got++] = pop(span);
+      continue;
     }
-    out[got++] = pop(span);
+    if (got > 0 && carved_bytes >= kPageSize) break;
+    size_t wanted = (kPageSize - carved_bytes + object_bytes - 1) / object_bytes;  // at least 1
+    int carved = carve(span, out + got, wanted < static_cast<size_t>(n - got) ? static_cast<int>(wanted) : n - got);
+    got += carved;
+    carved_bytes += carved * object_bytes;
   }
   add(live_, static_cast<uint64_t>(got));
   add(allocations_, static_cast<uint64_t>(got));
@@ -112,7 +135,7 @@ void CentralFreeList::deallocate_batch(void* const* objects, int n) {
 }
 
 void CentralFreeList::hand_live_span_to(Span* span, unsigned to) {
-  // Where the class's spans end: pop() takes a span off the list once it is reached.
+  // Where the class's spans end: pop() and carve() take a span off the list once it is reached.
   span->never_used = span->start + size_class(to).size;
   // The span is on no list (its one object is out): only the counts change hands.
   subtract(live_, 1);

@@ -57,7 +57,10 @@ class CentralFreeList {
 
  private:
   Span* new_span();
+  // With lock_ held, from a span on the list: an object from its free list (pop), or up to n
+  // never handed out (carve; returns how many, at least 1).
   void* pop(Span* span);
+  int carve(Span* span, void** out, int n);
   void push(Span* span, void* p);
   size_t release_empty_spans_locked();
   // An empty span leaves the class for the page heap.

@@ -171,7 +171,7 @@ Span* PageHeap::carve_locked(Span* run, size_t skip_pages, size_t pages, unsigne
   span->size_class = static_cast<uint8_t>(size_class);
   map_.set_small_span(span, size_class);
   span->state = SpanState::kSmall;
-  span->released = false;
+  // span->released stays the run's (split_head copies it): the central list reads it.
   span->on_list = false;
   return span;
 }

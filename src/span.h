@@ -31,7 +31,9 @@ struct Span {
   uint8_t size_class;       // 0 unless kSmall
   SpanState state;
   bool on_list;             // linked into a SpanList
-  bool released;            // kFree only: its pages were given back to the OS (madvise)
+  bool released;            // kFree: its pages were given back to the OS (madvise), or never touched;
+                            // kSmall: it was carved from such pages, so those from never_used up
+                            // are not resident yet (CentralFreeList::carve populates them)
   uint64_t free_since_ms;   // kFree only: when it was last freed or merged (os::now_ms)
   sync::RcuHead rcu;        // for retiring the descriptor (PageHeap::retire)
   ObjectBits* object_bits;  // FASTMALLOC_HARDEN: which objects are handed out; kept, once made,

@@ -1,6 +1,7 @@
 // Linux implementation of the os.h contract, on raw system calls and glibc's thin wrappers.
 #include "os/os.h"
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -74,9 +75,15 @@ size_t resident_bytes(const void* addr, size_t bytes) {
   return resident;
 }
 
+namespace {
+std::atomic<bool> g_populate_unsupported{false};  // the kernel predates MADV_POPULATE_WRITE
+}  // namespace
+
 void populate_for_write(void* addr, size_t bytes) {
+  if (g_populate_unsupported.load(std::memory_order_relaxed)) return;
   int saved_errno = errno;
-  ::madvise(addr, bytes, MADV_POPULATE_WRITE);
+  if (::madvise(addr, bytes, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
+    g_populate_unsupported.store(true, std::memory_order_relaxed);
   errno = saved_errno;
 }
 
