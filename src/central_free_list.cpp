@@ -50,7 +50,7 @@ void* CentralFreeList::pop(Span* span) {
   span->free_objects = next;
   mark_free(object);
   ++span->live;
-  if (next == nullptr && span->never_used == span->start + uintptr_t{sc.objects} * sc.size)
+  if (next == nullptr && span->never_used == span->start + sc.used_bytes)
     nonempty_.remove(span);
   return object;
 }
@@ -61,7 +61,7 @@ void* CentralFreeList::pop(Span* span) {
 // first word (objects no bigger than a page), one system call faults them in instead.
 int CentralFreeList::carve(Span* span, void** out, int n) {
   const SizeClass& sc = size_class(size_class_);
-  uintptr_t objects_end = span->start + uintptr_t{sc.objects} * sc.size;
+  uintptr_t objects_end = span->start + sc.used_bytes;
   size_t left = (objects_end - span->never_used) / sc.size;
   if (left < static_cast<size_t>(n)) n = static_cast<int>(left);
   uintptr_t first = span->never_used;
