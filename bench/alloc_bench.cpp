@@ -2,7 +2,7 @@
 // runs on (the driver, scripts/bench.sh, preloads each allocator in turn). Prints one line of
 // key=value pairs: throughput and memory.
 //
-//   alloc_bench --workload NAME --threads N [--scale F] [--pin]
+//   alloc_bench --workload NAME --threads N [--scale F] [--pin] [--touch ends|all]
 //   alloc_bench --topology        the machine, as hwloc sees it
 //   alloc_bench --list            the workloads
 //
@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <barrier>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -36,8 +37,17 @@ struct Rng {
   uint64_t below(uint64_t n) { return next() % n; }
 };
 
-// The allocator cannot see through this: every block is really used.
+// --touch all: the workloads write every byte of their blocks instead of the first and last.
+bool g_touch_all = false;
+
+// The allocator cannot see through this: every block is really used. By default only the first
+// and last bytes are written, so only the pages they fall on become resident; what a program
+// that fills its blocks would hold is what --touch all shows.
 void touch(void* p, size_t size) {
+  if (g_touch_all) {
+    memset(p, 1, size);
+    return;
+  }
   auto* bytes = static_cast<volatile unsigned char*>(p);
   bytes[0] = 1;
   if (size > 1) bytes[size - 1] = 2;
@@ -92,6 +102,8 @@ struct Result {
   uint64_t ops;
   double seconds;
   long extra_rss_kb = -1;  // idle-threads workload: RSS while the threads hold their blocks
+  // held-set workload: RSS while every thread holds its full set, after filling and after churn
+  long filled_rss_kb = -1, churned_rss_kb = -1;
 };
 
 Result pairs(const Options& o, size_t size) {
@@ -113,22 +125,72 @@ size_t mixed_size(Rng& rng) {
   return 1024 + (r >> 8) % (63 * 1024);
 }
 
+// From /proc/self/status: VmRSS now, or VmHWM, the peak since exec. (getrusage's ru_maxrss is
+// no use here: it keeps the parent's peak across fork and exec, so every run would report at
+// least the driver's size.)
+long status_kb(const char* field) {
+  FILE* f = fopen("/proc/self/status", "r");
+  long kb = -1;
+  char line[256];
+  size_t len = strlen(field);
+  while (f != nullptr && fgets(line, sizeof line, f) != nullptr)
+    if (strncmp(line, field, len) == 0 && line[len] == ':') kb = atol(line + len + 1);
+  if (f != nullptr) fclose(f);
+  return kb;
+}
+
+constexpr size_t kWorkingSetSlots = 2000;
+
+// Frees the block in a random slot and puts a new one of a mixed size there.
+void replace_random(Rng& rng, std::vector<void*>& slots) {
+  size_t k = rng.below(slots.size());
+  free(slots[k]);
+  size_t size = mixed_size(rng);
+  slots[k] = malloc(size);
+  touch(slots[k], size);
+}
+
 Result workingset(const Options& o) {
   uint64_t total = static_cast<uint64_t>(8'000'000 * o.scale);
   double s = run_threads(o, total, [](int t, uint64_t n) {
     Rng rng(static_cast<uint64_t>(t) + 1);
-    constexpr size_t kSlots = 2000;
-    std::vector<void*> slots(kSlots, nullptr);
-    for (uint64_t i = 0; i < n; ++i) {
-      size_t k = rng.below(kSlots);
-      free(slots[k]);
-      size_t size = mixed_size(rng);
-      slots[k] = malloc(size);
-      touch(slots[k], size);
-    }
+    std::vector<void*> slots(kWorkingSetSlots, nullptr);
+    for (uint64_t i = 0; i < n; ++i) replace_random(rng, slots);
     for (void* p : slots) free(p);
   });
   return {total, s};
+}
+
+// The working set again, with every thread holding its whole set at the two moments RSS is
+// read: once all threads have filled their sets, and once all have replaced blocks as many
+// times as workingset does. workingset's peak depends on how many threads the scheduler lets
+// hold their sets at once; this one does not, so its figures compare allocators' footprints.
+Result held_set(const Options& o) {
+  uint64_t total = static_cast<uint64_t>(8'000'000 * o.scale);
+  long filled = -1, churned = -1;
+  long* reading = &filled;
+  // The completion step runs once per phase, on the last thread to arrive, while all wait.
+  std::barrier all_holding(o.threads, [&]() noexcept {
+    *reading = status_kb("VmRSS");
+    reading = &churned;
+  });
+  double s = run_threads(o, total, [&](int t, uint64_t n) {
+    Rng rng(static_cast<uint64_t>(t) + 1);
+    std::vector<void*> slots(kWorkingSetSlots, nullptr);
+    for (void*& slot : slots) {
+      size_t size = mixed_size(rng);
+      slot = malloc(size);
+      touch(slot, size);
+    }
+    all_holding.arrive_and_wait();
+    for (uint64_t i = 0; i < n; ++i) replace_random(rng, slots);
+    all_holding.arrive_and_wait();
+    for (void* p : slots) free(p);
+  });
+  Result r{total + kWorkingSetSlots * static_cast<uint64_t>(o.threads), s};
+  r.filled_rss_kb = filled;
+  r.churned_rss_kb = churned;
+  return r;
 }
 
 Result batch(const Options& o) {
@@ -281,20 +343,6 @@ Result churn(const Options& o) {
   return {total_threads * kPerThread, s};
 }
 
-// From /proc/self/status: VmRSS now, or VmHWM, the peak since exec. (getrusage's ru_maxrss is
-// no use here: it keeps the parent's peak across fork and exec, so every run would report at
-// least the driver's size.)
-long status_kb(const char* field) {
-  FILE* f = fopen("/proc/self/status", "r");
-  long kb = -1;
-  char line[256];
-  size_t len = strlen(field);
-  while (f != nullptr && fgets(line, sizeof line, f) != nullptr)
-    if (strncmp(line, field, len) == 0 && line[len] == ':') kb = atol(line + len + 1);
-  if (f != nullptr) fclose(f);
-  return kb;
-}
-
 // 256 threads that each allocate a few small blocks and then sit idle: how much memory does the
 // allocator keep per thread? (--threads is ignored: the count is the point.)
 Result idle_threads(const Options&) {
@@ -340,6 +388,7 @@ const std::vector<Workload>& workloads() {
       {"pairs256", "malloc/free pairs of 256 bytes", [](const Options& o) { return pairs(o, 256); }},
       {"pairs4096", "malloc/free pairs of 4096 bytes", [](const Options& o) { return pairs(o, 4096); }},
       {"workingset", "random replacement in a per-thread working set, 8 B-1 KiB, tail to 64 KiB", workingset},
+      {"heldset", "workingset with all threads holding their sets: RSS after filling and after churn", held_set},
       {"batch", "allocate 1000 objects, then free them all", batch},
       {"prodcons", "allocated on one thread, freed on another (thread pairs)", prodcons},
       {"scratch", "false sharing: write to fresh small objects (cache-scratch)", scratch},
@@ -379,7 +428,7 @@ void print_topology() {
 [[noreturn]] void usage(const char* why) {
   fprintf(stderr,
           "alloc_bench: %s\n"
-          "usage: alloc_bench --workload NAME --threads N [--scale F] [--pin]\n"
+          "usage: alloc_bench --workload NAME --threads N [--scale F] [--pin] [--touch ends|all]\n"
           "       alloc_bench --topology | --list\n",
           why);
   exit(2);
@@ -399,6 +448,11 @@ int main(int argc, char** argv) {
     else if (arg == "--threads") o.threads = atoi(value().c_str());
     else if (arg == "--scale") o.scale = atof(value().c_str());
     else if (arg == "--pin") o.pin = true;
+    else if (arg == "--touch") {
+      std::string how = value();
+      if (how != "ends" && how != "all") usage("--touch takes ends or all");
+      g_touch_all = how == "all";
+    }
     else if (arg == "--topology") {
       load_topology();
       print_topology();
@@ -418,6 +472,7 @@ int main(int argc, char** argv) {
            static_cast<unsigned long long>(r.ops), r.seconds, static_cast<double>(r.ops) / r.seconds,
            status_kb("VmHWM"));
     if (r.extra_rss_kb >= 0) printf(" idle_rss_kb=%ld", r.extra_rss_kb);
+    if (r.filled_rss_kb >= 0) printf(" filled_rss_kb=%ld churned_rss_kb=%ld", r.filled_rss_kb, r.churned_rss_kb);
     printf("\n");
     return 0;
   }

@@ -51,6 +51,8 @@ def parse_args(argv, ncpu):
     p.add_argument("--reps", type=int, help="repetitions per cell (default 3; 1 with --quick)")
     p.add_argument("--scale", type=float, help="work per run, relative to the default (default 1)")
     p.add_argument("--pin", action="store_true", help="pin threads to processing units (hwloc)")
+    p.add_argument("--touch", choices=["ends", "all"], default="ends",
+                   help="write the first and last byte of each block (default), or every byte")
     p.add_argument("--out", default="build/bench", help="output directory (default build/bench)")
     p.add_argument("--build", default="build", help="the build directory (default build)")
     p.add_argument("--no-sync", action="store_true",
@@ -104,6 +106,8 @@ def run_one(args, allocator, workload, threads):
            "--threads", str(threads), "--scale", str(args.scale)]
     if args.pin:
         cmd.append("--pin")
+    if args.touch != "ends":
+        cmd += ["--touch", args.touch]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"{allocator} {workload} t={threads} failed ({proc.returncode}): "
@@ -152,7 +156,8 @@ def main():
             "allocator": allocator, "workload": workload, "threads": threads,
             "ops_per_sec": statistics.median(float(r["ops_per_sec"]) for r in runs),
             "peak_rss_kb": statistics.median(int(r["peak_rss_kb"]) for r in runs),
-            "idle_rss_kb": statistics.median(int(r["idle_rss_kb"]) for r in runs) if "idle_rss_kb" in runs[0] else "",
+            **{key: statistics.median(int(r[key]) for r in runs) if key in runs[0] else ""
+               for key in ("idle_rss_kb", "filled_rss_kb", "churned_rss_kb")},
             "reps": len(runs),
         })
     rows.sort(key=lambda r: (args.workloads.index(r["workload"]), r["threads"], ORDER.index(r["allocator"])))
@@ -219,7 +224,7 @@ def render_sync(kv, scale):
 def write_csv(args, rows):
     with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["allocator", "workload", "threads", "ops_per_sec", "peak_rss_kb",
-                                          "idle_rss_kb", "reps"])
+                                          "idle_rss_kb", "filled_rss_kb", "churned_rss_kb", "reps"])
         w.writeheader()
         w.writerows(rows)
 
@@ -234,7 +239,8 @@ def render(args, rows, topology, command):
            f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
            f"- machine: {topology}",
            f"- command: `{command}`",
-           f"- cells are medians of {args.reps} run(s); allocators interleaved round by round; scale {args.scale}",
+           f"- cells are medians of {args.reps} run(s); allocators interleaved round by round; scale {args.scale}; "
+           f"touch {args.touch}",
            "",
            "Throughput is operations per second (M = millions), higher is better. `/glibc` is the",
            "allocator's throughput over glibc's; `/best other` is over the best of the other allocators",
@@ -273,6 +279,8 @@ def render(args, rows, topology, command):
             f"{a} {max(by[(a, workload, t)]['peak_rss_kb'] for t in threads_list if (a, workload, t) in by) / 1024:.1f}"
             for a in args.allocators if any((a, workload, t) in by for t in threads_list)))
         out.append("")
+        if any(r["workload"] == workload and r["filled_rss_kb"] != "" for r in rows):
+            out.extend(render_held_rss(args, by, workload, threads_list))
     if "fastmalloc" in args.allocators and "fastmalloc-harden" in args.allocators:
         out.append("## The cost of FASTMALLOC_HARDEN=1\n")
         out.append("fastmalloc-harden's throughput over fastmalloc's (1.00: no cost), and its peak RSS over "
@@ -293,6 +301,25 @@ def render(args, rows, topology, command):
     out.append("Plots: `throughput_<workload>.png` (ops/s against threads, one line per allocator) and "
                "`rss.png` (peak RSS per workload).")
     return "\n".join(out) + "\n"
+
+
+def render_held_rss(args, by, workload, threads_list):
+    """RSS while every thread holds its set (heldset), after filling and after churn, in MiB."""
+    out = ["RSS with every thread holding its set, after filling / after churn (MiB, and over glibc's):\n",
+           "| threads | " + " | ".join(args.allocators) + " | " +
+           " | ".join(f"{a} /glibc" for a in args.allocators if a != "glibc") + " |",
+           "|---" * (1 + len(args.allocators) + len([a for a in args.allocators if a != "glibc"])) + "|"]
+    for t in threads_list:
+        cells = {a: by[(a, workload, t)] for a in args.allocators if (a, workload, t) in by}
+        line = [str(t)] + [f"{cells[a]['filled_rss_kb'] / 1024:.1f} / {cells[a]['churned_rss_kb'] / 1024:.1f}"
+                           if a in cells else "-" for a in args.allocators]
+        g = cells.get("glibc")
+        line += [f"{cells[a]['filled_rss_kb'] / g['filled_rss_kb']:.2f} / "
+                 f"{cells[a]['churned_rss_kb'] / g['churned_rss_kb']:.2f}" if a in cells and g else "-"
+                 for a in args.allocators if a != "glibc"]
+        out.append("| " + " | ".join(line) + " |")
+    out.append("")
+    return out
 
 
 def plot(args, rows):
