@@ -348,7 +348,7 @@ def plot(args, rows):
                   f"set logscale x 2\nset key outside right\nset grid\nset yrange [0:*]\n"
                   f"plot {lines}\n")
         subprocess.run(["gnuplot"], input=script, text=True, check=True)
-    # Peak RSS per workload, at the largest thread count each workload ran with.
+    # Peak RSS per workload: the most any of its thread counts reached.
     datafile = os.path.join(out, "rss.dat")
     with open(datafile, "w") as f:
         f.write("workload " + " ".join(args.allocators) + "\n")
@@ -362,7 +362,7 @@ def plot(args, rows):
     cols = ", ".join(f"'{datafile}' using {i + 2}:xtic(1) lc rgb '{COLORS[a]}' title '{a}'"
                      for i, a in enumerate(args.allocators))
     script = (f"set terminal pngcairo size 1100,540 font 'sans,11'\nset output '{out}/rss.png'\n"
-              f"set title 'Peak RSS per workload (largest thread count; idle256: RSS while idle)'\n"
+              f"set title 'Peak RSS per workload (the most over its thread counts; idle256: RSS while idle)'\n"
               f"set style data histograms\nset style histogram clustered gap 1\nset style fill solid 0.8\n"
               f"set ylabel 'MiB'\nset logscale y\nset xtics rotate by -30\nset key outside right\nset grid ytics\n"
               f"plot {cols}\n")
