@@ -199,17 +199,22 @@ def render_sync(kv, scale):
            "kinds interleaved; `/plain` is over the "
            "unsynchronized loop, `rwlock /` is pthread_rwlock's time over this one's "
            f"(readers fence: {kv.get('readers_fence', '?')}).\n"]
-    kinds = ["plain", "rcu", "prwlock", "pthread_rwlock", "mutex"]
+    kinds = ["plain", "padded", "rcu", "prwlock", "pthread_rwlock", "mutex"]
     for load, suffix in (("a 2^20-entry array", ""), ("one hot word", "_l1")):
         out.append(f"Load from {load}:\n")
-        out.append("| threads | " + " | ".join(kinds) + " | rcu /plain | prwlock /plain | rwlock / rcu | rwlock / prwlock |")
-        out.append("|---" * (1 + len(kinds) + 4) + "|")
+        out.append("| threads | " + " | ".join(kinds) + " | padded /plain | rcu /plain | prwlock /plain | "
+                   "prwlock /padded | rwlock / rcu | rwlock / prwlock |")
+        out.append("|---" * (1 + len(kinds) + 6) + "|")
         for t in (1, 2, 16):
             v = {k: float(kv[f"{k}_read_ns{suffix}_t{t}"]) for k in kinds}
             out.append(f"| {t} | " + " | ".join(f"{v[k]:.2f}" for k in kinds) +
-                       f" | {v['rcu'] / v['plain']:.2f} | {v['prwlock'] / v['plain']:.2f}"
+                       f" | {v['padded'] / v['plain']:.2f} | {v['rcu'] / v['plain']:.2f}"
+                       f" | {v['prwlock'] / v['plain']:.2f} | {v['prwlock'] / v['padded']:.2f}"
                        f" | {v['pthread_rwlock'] / v['rcu']:.1f} | {v['pthread_rwlock'] / v['prwlock']:.1f} |")
         out.append("")
+    out.append("`padded` is the unsynchronized section with as many nops as the prwlock's read side has "
+               "instructions: where prwlock /padded is near 1, the read side costs what its length "
+               "costs, whatever it synchronizes.\n")
     out.append("Writers, 16 reader threads running (µs): "
                f"prwlock write_lock+unlock p50 {kv['prwlock_write_us_p50']}, p99 {kv['prwlock_write_us_p99']}; "
                f"synchronize_rcu p50 {kv['synchronize_rcu_us_p50']}, p99 {kv['synchronize_rcu_us_p99']}.\n")

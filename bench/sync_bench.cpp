@@ -6,7 +6,8 @@
 // array at a pseudo-random index (the load a hash-table lookup does), computed as
 //   wall time x min(threads, CPUs) / sections
 // so they are CPU time per section and comparable across thread counts. The `_l1` variants load
-// one hot word instead, which shows the bare cost of the read side.
+// one hot word instead, which shows the bare cost of the read side. `padded` is a control: the
+// unsynchronized section made as long, in instructions, as the prwlock's.
 //
 // The "table" lines redo, on this machine, the experiment the design starts from: 2 threads,
 // 75% get / 25% put on a 2^20-entry array, with no synchronization, a compiler fence in put, an
@@ -99,6 +100,20 @@ struct Plain {
     return 0;
   }
   static void unlock(int) { std::atomic_signal_fence(std::memory_order_seq_cst); }
+};
+// The unsynchronized section again, with as many instructions as the prwlock's read side adds
+// to this loop, none of which touches memory: nops. If a read side costs what these cost, its
+// price is the room its instructions take in the out-of-order window while the load misses,
+// not the synchronization it does. kPadding is the difference between the loop bodies of
+// read_ns<Prw> and read_ns<Plain> in the disassembly (objdump -d of this program: 32 against 13
+// instructions around the array load at commit bd71ab7); recount it when the read side changes.
+constexpr int kPadding = 19;
+struct Padded {
+  static int lock() {
+    asm volatile(".rept %c0\n\tnop\n\t.endr" : : "i"(kPadding / 2) : "memory");
+    return 0;
+  }
+  static void unlock(int) { asm volatile(".rept %c0\n\tnop\n\t.endr" : : "i"(kPadding - kPadding / 2) : "memory"); }
 };
 struct Rcu {
   static int lock() {
@@ -193,6 +208,8 @@ void usage(FILE* out) {
           "  {plain,rcu,prwlock,pthread_rwlock,mutex}_read_ns_t{1,2,16}   ns per read section around a\n"
           "      load from a 2^20-entry array (CPU time: wall x min(threads, CPUs) / sections);\n"
           "      ..._l1_t{1,2,16}: the same around a load of one hot word; each a median of 5 runs\n"
+          "  padded_read_ns_...   the unsynchronized section with as many nops as the prwlock's read\n"
+          "      side has instructions: what those instructions cost by taking room, not by syncing\n"
           "  prwlock_write_us_p50/p99, synchronize_rcu_us_p50/p99   writer latency, 16 readers running\n"
           "  table_{plain,compiler_fence_put,mfence_put,mfence_put_get}_ns   2 threads, 75%% get / 25%% put\n");
 }
@@ -217,7 +234,7 @@ int main(int argc, char** argv) {
     }
   }
   printf("cpus=%u\n", cpus());
-  // Each figure is the median of kRounds runs, the five kinds of section interleaved within a
+  // Each figure is the median of kRounds runs, the six kinds of section interleaved within a
   // round, so a burst of noise on this shared machine lands on one run, not on one kind.
   constexpr int kRounds = 5;
   const int thread_counts[] = {1, 2, 16};
@@ -229,6 +246,7 @@ int main(int argc, char** argv) {
         double (*run)(int, bool);
         std::vector<double> ns;
       } kinds[] = {{"plain", read_ns<Plain>, {}},
+                   {"padded", read_ns<Padded>, {}},
                    {"rcu", read_ns<Rcu>, {}},
                    {"prwlock", read_ns<Prw>, {}},
                    {"pthread_rwlock", read_ns<RwLock>, {}},
