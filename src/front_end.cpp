@@ -271,6 +271,19 @@ void* allocate_aligned(size_t align, size_t size) {
 
 void* reallocate(void* p, size_t size, const char* call) {
   if (p == nullptr) return allocate(size);
+  // Most calls that grow a buffer a little at a time stay in its class and change nothing. That
+  // is decided from the span-map entry, as free decides, with the same checks as below (p starts
+  // a block of its class, and the block is live), without entering RCU to read the descriptor.
+  // Hardened mode checks the block's bit, which lives in the descriptor.
+  if (size - 1 < kMaxSmallSize && !g_hardened) {
+    uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+    uintptr_t entry = span_map_entry(addr);
+    unsigned cls = SpanMap::entry_class(entry);
+    if (cls != 0 && cls == size_to_class(size) && is_object_boundary(cls, SpanMap::entry_offset(entry, addr))) {
+      if (looks_free(p)) os::fatal_misuse(call, p, "the block is not allocated (it was freed)");
+      return p;
+    }
+  }
   Span* span = span_of(p, call);
   check_live(span, p, call);
   if (size == 0) {

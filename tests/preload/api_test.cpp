@@ -216,6 +216,17 @@ TEST_CASE("realloc shrinks a block of the classes of 64 KiB and up in place") {
   free(p);
 }
 
+TEST_CASE("realloc to a size of the block's own class leaves it where it is") {
+  // Each size is a class's own, so the size just below it is in the class too.
+  for (size_t size : {size_t{16}, size_t{48}, size_t{64}, size_t{1024}, size_t{4096}}) {
+    INFO(size);
+    unsigned char* p = filled_block(size);
+    auto [q, moves] = realloc_through(p, size, {size - 1, size, size - 1});
+    REQUIRE(moves == 0);
+    free(q);
+  }
+}
+
 TEST_CASE("realloc(NULL, n) allocates and realloc(p, 0) frees") {
   void* p = realloc_fn(nullptr, 40);
   REQUIRE(p != nullptr);

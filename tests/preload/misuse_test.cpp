@@ -162,6 +162,11 @@ TEST_CASE("realloc and malloc_usable_size of a freed small block are reported") 
     free_fn(q);
     realloc_fn(q, 100);
   });
+  // A size of the block's own class takes realloc's shortest path, which checks too.
+  expect_report("realloc", p, [](void* q) {
+    free_fn(q);
+    realloc_fn(q, 47);
+  });
   expect_report("malloc_usable_size", p, [](void* q) {
     free_fn(q);
     usable_fn(q);
