@@ -271,17 +271,25 @@ void* allocate_aligned(size_t align, size_t size) {
 
 void* reallocate(void* p, size_t size, const char* call) {
   if (p == nullptr) return allocate(size);
-  // Most calls that grow a buffer a little at a time stay in its class and change nothing. That
-  // is decided from the span-map entry, as free decides, with the same checks as below (p starts
-  // a block of its class, and the block is live), without entering RCU to read the descriptor.
-  // Hardened mode checks the block's bit, which lives in the descriptor.
+  // Between classes of several blocks per span (most calls: strings grown a few bytes at a
+  // time, small vectors) realloc needs only the block's class, which the span-map entry carries,
+  // as free reads it, with the same checks as below (p starts a block of its class, and the
+  // block is live), without entering RCU to read the descriptor. Blocks alone in their spans
+  // resize their spans, and hardened mode checks the block's bit: both read the descriptor.
   if (size - 1 < kMaxSmallSize && !g_hardened) {
     uintptr_t addr = reinterpret_cast<uintptr_t>(p);
     uintptr_t entry = span_map_entry(addr);
-    unsigned cls = SpanMap::entry_class(entry);
-    if (cls != 0 && cls == size_to_class(size) && is_object_boundary(cls, SpanMap::entry_offset(entry, addr))) {
+    unsigned cls = SpanMap::entry_class(entry), new_cls = size_to_class(size);
+    if (cls != 0 && !one_block_per_span(cls) && !one_block_per_span(new_cls) &&
+        is_object_boundary(cls, SpanMap::entry_offset(entry, addr))) {
       if (looks_free(p)) os::fatal_misuse(call, p, "the block is not allocated (it was freed)");
-      return p;
+      if (new_cls == cls) return p;
+      void* fresh = allocate_small(new_cls);
+      if (fresh == nullptr) return nullptr;
+      size_t old_size = size_class(cls).size;
+      memcpy(fresh, p, old_size < size ? old_size : size);
+      deallocate_small(cls, p, call);
+      return fresh;
     }
   }
   Span* span = span_of(p, call);
