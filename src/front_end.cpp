@@ -30,8 +30,9 @@
 //                               without it and then only try_locks; the transfer caches read
 //                               its shrinking flag (written under it) the same way, and a
 //                               stale value only changes how much a stock keeps
-//   span map leaves             prwlock (SpanMap::structure_lock()): free() and span_of() look
-//                               up under its read side; releasing an empty leaf is its writer
+//   span map leaves             prwlock (SpanMap::structure_lock()): free(), realloc() and
+//                               span_of() look up under its read side; releasing an empty
+//                               leaf is its writer
 //                               (SpanMap::lock() held, signals blocked). Leaves are added
 //                               without it: zeroed, then published with a release store.
 //   span map entries            an entry is written only by the owner of the page (the
