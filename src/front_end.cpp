@@ -124,6 +124,10 @@ unsigned carved_class(size_t size) {
   return size <= kMaxSmallSize ? size_to_class(size) + (g_hardened ? 1 : 0) : kNumClasses;
 }
 
+[[noreturn]] void report_not_live(const void* p, const char* call) {
+  os::fatal_misuse(call, p, "the block is not allocated (it was freed)");
+}
+
 // realloc and malloc_usable_size of a small block that is not live.
 void check_live(const Span* span, const void* p, const char* call) {
   if (span->state != SpanState::kSmall) return;
@@ -132,7 +136,7 @@ void check_live(const Span* span, const void* p, const char* call) {
     ObjectSlot slot = slot_of(span, reinterpret_cast<uintptr_t>(p));
     live = (__atomic_load_n(slot.word, __ATOMIC_RELAXED) & slot.bit) != 0;
   }
-  if (!live) os::fatal_misuse(call, p, "the block is not allocated (it was freed)");
+  if (!live) report_not_live(p, call);
 }
 
 }  // namespace
@@ -283,7 +287,7 @@ void* reallocate(void* p, size_t size, const char* call) {
     unsigned cls = SpanMap::entry_class(entry), new_cls = size_to_class(size);
     if (cls != 0 && !one_block_per_span(cls) && !one_block_per_span(new_cls) &&
         is_object_boundary(cls, SpanMap::entry_offset(entry, addr))) {
-      if (looks_free(p)) os::fatal_misuse(call, p, "the block is not allocated (it was freed)");
+      if (looks_free(p)) report_not_live(p, call);
       if (new_cls == cls) return p;
       void* fresh = allocate_small(new_cls);
       if (fresh == nullptr) return nullptr;
