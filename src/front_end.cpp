@@ -282,11 +282,8 @@ void* reallocate(void* p, size_t size, const char* call) {
   // block is live), without entering RCU to read the descriptor. Blocks alone in their spans
   // resize their spans, and hardened mode checks the block's bit: both read the descriptor.
   if (size - 1 < kMaxSmallSize && !g_hardened) {
-    uintptr_t addr = reinterpret_cast<uintptr_t>(p);
-    uintptr_t entry = span_map_entry(addr);
-    unsigned cls = SpanMap::entry_class(entry), new_cls = size_to_class(size);
-    if (cls != 0 && !one_block_per_span(cls) && !one_block_per_span(new_cls) &&
-        is_object_boundary(cls, SpanMap::entry_offset(entry, addr))) {
+    unsigned cls = small_block_class(reinterpret_cast<uintptr_t>(p)), new_cls = size_to_class(size);
+    if (cls != 0 && !one_block_per_span(cls) && !one_block_per_span(new_cls)) {
       if (looks_free(p)) report_not_live(p, call);
       if (new_cls == cls) return p;
       void* fresh = allocate_small(new_cls);

@@ -123,27 +123,28 @@ FM_ALWAYS_INLINE uintptr_t span_map_entry(uintptr_t addr) {
   return entry;
 }
 
-// Free reads only the span-map entry of p's page: a small span's entry carries the class and
-// the page's place in the span, enough to check that p starts an object. Anything else (null,
-// large blocks, pointers that fail the check) goes to the slow path, which reads the span.
-FM_ALWAYS_INLINE void deallocate(void* p, const char* call) {
-  uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+// The class of the small block that starts at addr, read from the span-map entry of its page
+// alone: a small span's entry carries the class and the page's place in the span, enough to
+// check that addr starts an object. 0 for anything else (null, large blocks, pointers that fail
+// the check, or an entry that cannot be read without a call), which the callers' slow paths
+// decide by reading the span.
+FM_ALWAYS_INLINE unsigned small_block_class(uintptr_t addr) {
   uintptr_t entry = span_map_entry(addr);
   unsigned cls = SpanMap::entry_class(entry);
-  if (FM_LIKELY(cls != 0 && is_object_boundary(cls, SpanMap::entry_offset(entry, addr))))
-    return deallocate_small(cls, p, call);
+  return cls != 0 && is_object_boundary(cls, SpanMap::entry_offset(entry, addr)) ? cls : 0;
+}
+
+FM_ALWAYS_INLINE void deallocate(void* p, const char* call) {
+  unsigned cls = small_block_class(reinterpret_cast<uintptr_t>(p));
+  if (FM_LIKELY(cls != 0)) return deallocate_small(cls, p, call);
   detail::deallocate_slow(p, call);
 }
 
 // Sized delete: the size must be the one the block was allocated with (its class must be the
 // class of `size`); a mismatch is reported by the slow path, which also serves hardened mode.
 FM_ALWAYS_INLINE void deallocate_sized(void* p, size_t size, const char* call) {
-  uintptr_t addr = reinterpret_cast<uintptr_t>(p);
-  uintptr_t entry = span_map_entry(addr);
-  unsigned cls = SpanMap::entry_class(entry);
-  if (FM_LIKELY(cls != 0 && size <= kMaxSmallSize && size_to_class(size) == cls &&
-                is_object_boundary(cls, SpanMap::entry_offset(entry, addr))))
-    return deallocate_small(cls, p, call);
+  unsigned cls = small_block_class(reinterpret_cast<uintptr_t>(p));
+  if (FM_LIKELY(cls != 0 && size <= kMaxSmallSize && size_to_class(size) == cls)) return deallocate_small(cls, p, call);
   detail::deallocate_sized_slow(p, size, call);
 }
 
