@@ -81,10 +81,14 @@ int CentralFreeList::carve(Span* span, void** out, int n) {
 }
 
 // A batch carves at most a page's worth of new objects beyond its first one, so the objects of
-// large classes that wait in a cache do not each hold a page the program has not used yet.
+// large classes that wait in a cache do not each hold a page the program has not used yet. The
+// class's first batch carves at most one OS page's worth: most programs use most classes only a
+// little, and each such class then holds one OS page of objects, not two.
 int CentralFreeList::allocate_batch(void** out, int n) {
   LockGuard guard(lock_);
   const size_t object_bytes = size_class(size_class_).size;
+  const size_t carve_limit =
+      allocations_.load(std::memory_order_relaxed) == 0 ? os::hardware_page_size() : kPageSize;
   size_t carved_bytes = 0;
   int got = 0;
   while (got < n) {
@@ -94,8 +98,8 @@ int CentralFreeList::allocate_batch(void** out, int n) {
       out[got++] = pop(span);
       continue;
     }
-    if (got > 0 && carved_bytes >= kPageSize) break;
-    size_t wanted = (kPageSize - carved_bytes + object_bytes - 1) / object_bytes;  // at least 1
+    if (got > 0 && carved_bytes >= carve_limit) break;
+    size_t wanted = (carve_limit - carved_bytes + object_bytes - 1) / object_bytes;  // at least 1
     int carved = carve(span, out + got, wanted < static_cast<size_t>(n - got) ? static_cast<int>(wanted) : n - got);
     got += carved;
     carved_bytes += carved * object_bytes;
