@@ -109,6 +109,23 @@ int CentralFreeList::allocate_batch(void** out, int n) {
   return got;
 }
 
+void* CentralFreeList::allocate_one(bool* untouched) {
+  LockGuard guard(lock_);
+  Span* span = nonempty_.first();
+  if (span == nullptr && (span = new_span()) == nullptr) return nullptr;
+  void* object;
+  if (span->free_objects != nullptr) {
+    object = pop(span);
+    *untouched = false;
+  } else {
+    carve(span, &object, 1);
+    *untouched = span->released;
+  }
+  add(live_, 1);
+  add(allocations_, 1);
+  return object;
+}
+
 void CentralFreeList::push(Span* span, void* p) {
   // Checked under the lock: the span cannot change class while we hold it. A block already
   // linked into the list is a second copy of a double free.

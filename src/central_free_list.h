@@ -28,6 +28,10 @@ class CentralFreeList {
 
   // Up to n objects into out[]; returns how many (0 only when out of memory).
   int allocate_batch(void** out, int n);
+  // One object, for calloc; nullptr when out of memory. *untouched says whether every byte of
+  // it but its first word (the free signature) is known to be zero: it was carved from pages
+  // that were not resident (fresh from the OS, or given back since), so nothing has written it.
+  void* allocate_one(bool* untouched);
 
   // Returns n objects of this class (their spans are found through the span map). Aborts on a
   // detectable double free: an object whose span has no live object.

@@ -27,7 +27,7 @@ namespace {
 // classes up to 64 KiB.
 constexpr uint16_t capacity_of(unsigned cls) {
   size_t size = size_class_detail::size_of_class(cls);
-  if (size > 64 * 1024) return 0;
+  if (size > kMaxCachedSize) return 0;
   size_t n = 128 * 1024 / size;
   return static_cast<uint16_t>(n < 2 ? 2 : n > 2048 ? 2048 : n);
 }
@@ -186,8 +186,7 @@ uint32_t rseq_index() {
   return kNoSlab;
 }
 
-// Classes above 64 KiB skip the caches: a cache would save little next to the cost of using
-// such a block, and the central list can still check each free.
+// Classes above kMaxCachedSize skip the caches.
 void* take_from_central(unsigned cls) {
   void* p;
   return central_list(cls).allocate_batch(&p, 1) == 1 ? p : nullptr;
@@ -514,6 +513,11 @@ void* cache_refill_pop(unsigned cls) {
     if (!is_set_up()) return take_one(cls);
   }
   return on_current_slab([&](const auto& s) { return refill_pop(s, cls); }, [&] { return take_one(cls); });
+}
+
+void* cache_take_uncached(unsigned cls, bool* untouched) {
+  periodic_work();
+  return central_list(cls).allocate_one(untouched);
 }
 
 void cache_overflow_push(unsigned cls, void* p) {

@@ -48,9 +48,17 @@ FM_ALWAYS_INLINE bool cache_push(unsigned cls, void* p) {
   return arch::percpu_push<false>(c.rseq_area_offset, c.index_field, num_slabs, c.slabs, cls, p);
 }
 
+// Objects bigger than this skip the per-CPU and transfer caches: a cache would save little
+// next to the cost of using such a block, and the central list can still check each free.
+inline constexpr size_t kMaxCachedSize = 64 * 1024;
+
 // The slow paths. cache_refill_pop returns nullptr only when out of memory.
 FM_NOINLINE void* cache_refill_pop(unsigned cls);
 FM_NOINLINE void cache_overflow_push(unsigned cls, void* p);
+// calloc of a class above kMaxCachedSize: its object, straight from the central list, and
+// whether it is known to be zero but for its first word (CentralFreeList::allocate_one).
+// nullptr only when out of memory.
+FM_NOINLINE void* cache_take_uncached(unsigned cls, bool* untouched);
 
 // Moves every object in every CPU's cache back to the transfer caches (malloc_trim). Slabs in
 // use by rseq are fenced with membarrier first; without membarrier only the locked-mode slabs

@@ -251,9 +251,34 @@ void deallocate_sized_aligned(void* p, size_t size, const char* call) {
   deallocate(p, call);
 }
 
+namespace {
+
+// calloc of a block too big for the per-CPU caches: the central list says whether the block was
+// carved from pages that were not resident, and such a block is zero already but for its free
+// signature, which handing it out clears. A program that callocs a big table and uses a corner
+// of it then holds only the pages it writes (git callocs half a megabyte at start), as it would
+// with glibc, whose blocks this big are fresh mappings.
+void* allocate_zeroed_uncached(unsigned cls, size_t total) {
+  bool untouched = false;
+  void* p = cache_take_uncached(cls, &untouched);
+  if (FM_UNLIKELY(p == nullptr)) return out_of_memory();
+  if (FM_UNLIKELY(!has_free_signature(p))) detail::report_reused_block(p);
+  mark_handed_out(p);
+  if (g_hardened) harden_handed_out(p, cls);
+  if (!untouched) memset(p, 0, total);
+  return p;
+}
+
+}  // namespace
+
 void* allocate_zeroed(size_t count, size_t size) {
   size_t total;
   if (__builtin_mul_overflow(count, size, &total)) return out_of_memory();
+  if (total > kMaxCachedSize && total <= kMaxSmallSize) {
+    prepare_block_checks();  // whether hardened mode carves from the class above
+    unsigned cls = carved_class(total);
+    if (cls < kNumClasses) return allocate_zeroed_uncached(cls, total);
+  }
   void* p = allocate(total);
   // Large blocks are fresh mappings, already zero; small ones may be reused.
   if (p != nullptr && total <= kMaxSmallSize) memset(p, 0, total);

@@ -33,7 +33,8 @@ struct Span {
   bool on_list;             // linked into a SpanList
   bool released;            // kFree: its pages were given back to the OS (madvise), or never touched;
                             // kSmall: it was carved from such pages, so those from never_used up
-                            // are not resident yet (CentralFreeList::carve populates them)
+                            // hold zeros: not resident yet, or faulted in by carve's populate and
+                            // not written since (calloc relies on it: CentralFreeList::allocate_one)
   uint64_t free_since_ms;   // kFree only: when it was last freed or merged (os::now_ms)
   sync::RcuHead rcu;        // for retiring the descriptor (PageHeap::retire)
   ObjectBits* object_bits;  // FASTMALLOC_HARDEN: which objects are handed out; kept, once made,

@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <malloc.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <set>
 #include <utility>
 #include <vector>
@@ -143,6 +145,61 @@ TEST_CASE("calloc memory is zero, even when it reuses dirty freed memory") {
   void* p = calloc_fn(0, 5);
   REQUIRE(p != nullptr);
   free(p);
+}
+
+namespace {
+size_t resident_pages(const void* p, size_t bytes) {
+  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  uintptr_t start = reinterpret_cast<uintptr_t>(p) & ~(page - 1);
+  size_t pages = (reinterpret_cast<uintptr_t>(p) + bytes - start + page - 1) / page;
+  std::vector<unsigned char> vec(pages);
+  REQUIRE(mincore(reinterpret_cast<void*>(start), pages * page, vec.data()) == 0);
+  return static_cast<size_t>(std::count_if(vec.begin(), vec.end(), [](unsigned char v) { return (v & 1) != 0; }));
+}
+
+bool all_zero(const unsigned char* p, size_t bytes) {
+  bool zero = true;
+  for (size_t i = 0; i < bytes; ++i) zero &= p[i] == 0;
+  return zero;
+}
+}  // namespace
+
+// Above 64 KiB blocks skip the per-CPU caches, and one carved from pages that are not resident
+// is known to be zero: calloc must not write it (a program that callocs a big table and uses a
+// corner of it would hold the whole table), and must still clear one carved from pages that a
+// freed block left dirty.
+TEST_CASE("calloc leaves the pages of a big block from fresh memory untouched, and clears reused ones") {
+  // Trimming leaves no free page resident, so the next span is fresh memory; where madvise is
+  // refused (mode_test.sh nomadvise, enosys) the free pages of the tests before stay, and a
+  // span cut from them is cleared like any reused block.
+  const bool madvise_refused = getenv("FM_TEST_NO_MADVISE") != nullptr;
+  malloc_trim(0);
+  size_t size = 768 * 1024;
+  auto* fresh = static_cast<unsigned char*>(calloc_fn(1, size));
+  REQUIRE(fresh != nullptr);
+  size_t resident = resident_pages(fresh, size);
+  INFO("resident pages of the calloc'ed block: " << resident);
+  if (!madvise_refused) REQUIRE(resident <= 2);  // the first page, where the free signature was
+  REQUIRE(all_zero(fresh, size));
+  free(fresh);
+
+  // Spans of one class freed dirty, then the pages under a calloc of another class.
+  std::vector<void*> dirty;
+  for (int i = 0; i < 8; ++i) {
+    void* d = malloc_fn(300000);
+    REQUIRE(d != nullptr);
+    memset(d, 0xff, 300000);
+    dirty.push_back(d);
+  }
+  for (void* d : dirty) free(d);
+  std::vector<unsigned char*> cleared;
+  for (int i = 0; i < 8; ++i) {
+    auto* p = static_cast<unsigned char*>(calloc_fn(2, 100000));
+    REQUIRE(p != nullptr);
+    REQUIRE(all_zero(p, 200000));
+    cleared.push_back(p);
+  }
+  for (unsigned char* p : cleared) free(p);
 }
 
 TEST_CASE("realloc keeps the contents through growing and shrinking, small and large") {

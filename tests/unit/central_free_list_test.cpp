@@ -127,6 +127,21 @@ TEST_CASE("central lists reuse returned objects before carving new ones") {
   REQUIRE(list.stats().span_misses == 1);
 }
 
+TEST_CASE("allocate_one says an object is untouched only when carved from pages that were not resident") {
+  unsigned cls = size_to_class(768 * 1024);
+  CentralFreeList list(cls);
+  g_page_heap.release_free_pages();  // the next span comes from pages given back to the OS, or new ones
+  bool untouched = false;
+  void* fresh = list.allocate_one(&untouched);
+  REQUIRE(fresh != nullptr);
+  REQUIRE(untouched);
+  list.deallocate_batch(&fresh, 1);
+  void* reused = list.allocate_one(&untouched);
+  REQUIRE(reused == fresh);  // the class keeps its one empty span, and reuses its object
+  REQUIRE_FALSE(untouched);
+  list.deallocate_batch(&reused, 1);
+}
+
 TEST_CASE("a batch carves at most a page beyond its first object; free objects come in full batches") {
   for (unsigned cls : {2u, size_to_class(4096), size_to_class(20000)}) {
     INFO("class " << cls);
