@@ -81,8 +81,8 @@ enum class ScanAction : uint8_t { kNone, kDrain, kShrink };
 struct alignas(64) SlabControl {
   Mutex lock;
   std::atomic<bool> ready;
-  // Under lock: the slab's headers at the last idle scan (slab_signature), what the scan in
-  // progress stopped it for, each class's end (what set_stopped restores; read without the
+  // Under lock: the slab's headers at the last idle scan (slab_signature), what the scan or
+  // malloc_trim drain in progress stopped it for, each class's end (what set_stopped restores; read without the
   // lock only as a hint) and the bytes those capacities add up to.
   uint64_t signature;
   ScanAction scan_action;
@@ -97,7 +97,7 @@ struct alignas(64) SlabControl {
 constexpr uint32_t kNoSlab = ~0u;
 
 Mutex g_setup_lock;
-Mutex g_scan_lock;  // one scan_slabs at a time
+Mutex g_scan_lock;  // one scan_slabs or cache_drain_all at a time
 bool g_setup_failed = false;
 CacheMode g_mode = CacheMode::kNotSetUp;
 bool g_own_registration = false;
@@ -541,21 +541,28 @@ void cache_drain_all() {
   }
   if (!g_membarrier) return;
   // Stop every slab in use, fence once (mm_cid indexes are not tied to CPUs, so the fence
-  // covers every CPU running our threads), then drain and restart them.
+  // covers every CPU running our threads), then drain and restart them. The second pass takes
+  // only the slabs the first one stopped (marked in scan_action, which the scan lock makes
+  // ours): a slab set up in between is in use unstopped, and we do not hold its lock.
+  LockGuard one_at_a_time(g_scan_lock);
   bool fenced = true;
   for (uint32_t i = 0; i < num_slabs; ++i) {
-    if (!g_control[i].ready.load(std::memory_order_acquire)) continue;
-    g_control[i].lock.lock();
+    SlabControl& control = g_control[i];
+    if (!control.ready.load(std::memory_order_acquire)) continue;
+    control.lock.lock();
+    control.scan_action = ScanAction::kDrain;
     set_stopped(i, true);
     if (g_mode == CacheMode::kRseqCpuId) fenced &= os::membarrier_rseq_fence(static_cast<int>(i));
   }
   if (g_mode == CacheMode::kRseqMmCid) fenced = os::membarrier_rseq_fence(-1);
   for (uint32_t i = 0; i < num_slabs; ++i) {
-    if (!g_control[i].ready.load(std::memory_order_acquire)) continue;
+    SlabControl& control = g_control[i];
+    if (control.scan_action == ScanAction::kNone) continue;
     // A refused fence leaves the slab as it was: a commit might still land on it.
     if (fenced) drain_owned_slab(i);
+    control.scan_action = ScanAction::kNone;
     set_stopped(i, false);
-    g_control[i].lock.unlock();
+    control.lock.unlock();
   }
 }
 

@@ -11,8 +11,8 @@
 //                               Capacity: a class grows (its header's end only rises) under
 //                               the control lock; it shrinks only inside a stop and fence.
 //                               The control's miss counts are relaxed atomics, written
-//                               without the lock. One scan (idle drain, shrink) at a time:
-//                               the cache scan lock.
+//                               without the lock. One scan (idle drain, shrink) or
+//                               malloc_trim drain at a time: the cache scan lock.
 //   PerCpuConfig (g_percpu)     written once at setup under the setup lock; published by a
 //                               release store of `slabs`, which fast paths test first
 //   transfer cache of a class   its TransferCache::lock()
