@@ -14,8 +14,9 @@
 // Indexes count 8-byte words from the slab's start. A pop misses when current <= begin, a push
 // when current >= end. An all-zero header (a slab not yet set up) therefore misses both ways, and
 // so does a "stopped" one (begin = 0xffff, end = 0), which is how a slab is fenced off while
-// another thread drains it. Headers change only by whole-word stores (setup), 32-bit stores of
-// begin/end (stop, restart) and 16-bit stores of current (the commit of a pop or push).
+// another thread drains it. Headers change only by whole-word stores (setup, and the commit of a
+// class moving to other slots), 32-bit stores of begin/end (stop, restart, growth) and 16-bit
+// stores of current (the commit of a pop or push).
 #pragma once
 
 #include <cstdint>
@@ -87,6 +88,15 @@ FM_ALWAYS_INLINE bool slab_push_owned(uint64_t* slab, unsigned cls, void* item, 
 }  // namespace fastmalloc::arch
 
 namespace fastmalloc::arch {
+
+// percpu_move_class for an owner of the slab: the class's objects from its room to the slots at
+// `to`, and its header to current = to + n, bounds [to, to_end).
+inline void slab_move_class_owned(uint64_t* slab, unsigned cls, uint16_t to, uint16_t to_end) {
+  uint64_t header = load_header(slab, cls);
+  uint16_t begin = header_begin(header), n = static_cast<uint16_t>(header_current(header) - begin);
+  for (uint16_t i = 0; i < n; ++i) slab[to + i] = slab[begin + i];
+  store_header(slab, cls, make_header(static_cast<uint16_t>(to + n), to, to_end));
+}
 
 // Batch moves for an owner of the slab, like the batch sections (and, like them, uncounted).
 inline int slab_pop_batch_owned(uint64_t* slab, unsigned cls, void** out, int n) {

@@ -32,30 +32,47 @@ constexpr uint16_t capacity_of(unsigned cls) {
   return static_cast<uint16_t>(n < 2 ? 2 : n > 2048 ? 2048 : n);
 }
 
+// A class's first room: one transfer batch, or all it may have if that is less.
+constexpr uint16_t initial_room_of(unsigned cls) {
+  return capacity_of(cls) < batch_size(cls) ? capacity_of(cls) : static_cast<uint16_t>(batch_size(cls));
+}
+
+// Where each class's slots are. Every class starts in the nursery: one run of small rooms right
+// after the headers, its initial room each, so the classes a program uses only a little share
+// a page or two of slots on each CPU instead of writing one page each. A class that grows moves
+// to its own region (home), sized for its largest room, and stays there until the slab is
+// drained. Slot indexes count 8-byte words from the slab's start.
 struct Layout {
-  uint16_t begin[kNumClasses];
-  uint16_t end[kNumClasses];
+  uint16_t nursery[kNumClasses];
+  uint16_t home[kNumClasses];  // its region holds capacity_of(cls) slots
+  uint16_t end;                // one past the last region
 };
 
 constexpr Layout make_layout() {
   Layout layout{};
   uint16_t next = kNumClasses;  // the first words hold the headers
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    layout.begin[cls] = next;
-    next = static_cast<uint16_t>(next + capacity_of(cls));
-    layout.end[cls] = next;
+    layout.nursery[cls] = next;
+    next = static_cast<uint16_t>(next + initial_room_of(cls));
   }
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    layout.home[cls] = next;
+    if (capacity_of(cls) > initial_room_of(cls)) next = static_cast<uint16_t>(next + capacity_of(cls));
+  }
+  layout.end = next;
   return layout;
 }
 
 constexpr Layout kLayout = make_layout();
-static_assert(kLayout.end[kNumClasses - 1] <= arch::kFreeHitsWord, "slots must fit in a slab, below its counter");
+static_assert(kLayout.end <= arch::kFreeHitsWord, "slots must fit in a slab, below its counter");
+static_assert(kLayout.home[1] * sizeof(uint64_t) <= 2 * 4096, "the headers and the nursery fit in two 4 KiB pages");
 
-// Capacities move: a class starts with room for one transfer batch (less if the budget cannot
-// hold that for every class), grows by a batch on misses (record_miss) while the CPU's total
-// stays within FASTMALLOC_CPU_CACHE_SIZE (g_budget_bytes), up to kLayout's room, and gives back
-// half its room above the start when it went a whole period without a miss (scan_slabs).
-uint16_t g_initial_end[kNumClasses];
+// Capacities move: a class starts with its initial room in the nursery (less if the budget
+// cannot hold that for every class), grows by a batch on misses (record_miss) while the CPU's
+// total stays within FASTMALLOC_CPU_CACHE_SIZE (g_budget_bytes), up to capacity_of(), moving
+// home on its first growth, and gives back half its room above the initial one when it went a
+// whole period without a miss (scan_slabs).
+uint16_t g_initial_room[kNumClasses];
 uint64_t g_budget_bytes;
 
 uint64_t class_bytes(unsigned cls, uint64_t objects) { return objects * size_class_detail::size_of_class(cls); }
@@ -63,16 +80,11 @@ uint64_t class_bytes(unsigned cls, uint64_t objects) { return objects * size_cla
 void set_capacity(uint64_t budget_bytes) {
   g_budget_bytes = budget_bytes;
   uint64_t initial_bytes = 0;
-  uint16_t initial[kNumClasses] = {};
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) initial_bytes += class_bytes(cls, initial_room_of(cls));
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    int batch = batch_size(cls);
-    initial[cls] = capacity_of(cls) < batch ? capacity_of(cls) : static_cast<uint16_t>(batch);
-    initial_bytes += class_bytes(cls, initial[cls]);
-  }
-  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    uint64_t slots = initial[cls];
+    uint64_t slots = initial_room_of(cls);
     if (budget_bytes < initial_bytes) slots = slots * budget_bytes / initial_bytes;
-    g_initial_end[cls] = static_cast<uint16_t>(kLayout.begin[cls] + slots);
+    g_initial_room[cls] = static_cast<uint16_t>(slots);
   }
 }
 
@@ -82,11 +94,11 @@ struct alignas(64) SlabControl {
   Mutex lock;
   std::atomic<bool> ready;
   // Under lock: the slab's headers at the last idle scan (slab_signature), what the scan or
-  // malloc_trim drain in progress stopped it for, each class's end (what set_stopped restores; read without the
-  // lock only as a hint) and the bytes those capacities add up to.
+  // malloc_trim drain in progress stopped it for, each class's bounds (what set_stopped
+  // restores; read without the lock only as hints) and the bytes those capacities add up to.
   uint64_t signature;
   ScanAction scan_action;
-  std::atomic<uint16_t> end[kNumClasses];
+  std::atomic<uint16_t> begin[kNumClasses], end[kNumClasses];  // the class's room: in the nursery or home
   uint16_t shrink_to[kNumClasses];  // during a scan: the new end, or 0
   uint64_t capacity_bytes;
   // Misses since the last scan, per class, of pops (alloc) and pushes (free): written by the
@@ -164,9 +176,11 @@ void ensure_slab(uint32_t index) {
   uint64_t* s = slab(index);
   control.capacity_bytes = 0;
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    control.end[cls].store(g_initial_end[cls], std::memory_order_relaxed);
-    control.capacity_bytes += class_bytes(cls, g_initial_end[cls] - kLayout.begin[cls]);
-    arch::store_header(s, cls, arch::make_header(kLayout.begin[cls], kLayout.begin[cls], g_initial_end[cls]));
+    uint16_t begin = kLayout.nursery[cls], end = static_cast<uint16_t>(begin + g_initial_room[cls]);
+    control.begin[cls].store(begin, std::memory_order_relaxed);
+    control.end[cls].store(end, std::memory_order_relaxed);
+    control.capacity_bytes += class_bytes(cls, end - begin);
+    arch::store_header(s, cls, arch::make_header(begin, begin, end));
   }
   control.ready.store(true, std::memory_order_release);
 }
@@ -192,28 +206,52 @@ void* take_from_central(unsigned cls) {
   return central_list(cls).allocate_batch(&p, 1) == 1 ? p : nullptr;
 }
 
+// Moves class `cls` of slab `index`, whose room is [begin, end) in the nursery, to its home
+// region with room up to new_end. Only from the slab's CPU (rseq: a critical section, which
+// misses if the thread has moved or been preempted; the class then stays and tries again on a
+// later miss) or under the slab's lock in locked mode. The caller holds the slab's lock.
+bool move_home(uint32_t index, unsigned cls, uint16_t begin, uint16_t end, uint16_t new_end, bool locked) {
+  uint16_t home = kLayout.home[cls];
+  if (locked) {
+    arch::slab_move_class_owned(slab(index), cls, home, new_end);
+    return true;
+  }
+  const PerCpuConfig& c = g_percpu;
+  const uint64_t expected_index = index;
+  const uint64_t to_bounds = (uint64_t{home} | uint64_t{new_end} << 16) << 32;
+  return arch::percpu_move_class(c.rseq_area_offset, c.index_field, expected_index, c.slabs, cls,
+                                 uint64_t{begin} | uint64_t{end} << 16, home, to_bounds);
+}
+
 // A miss on slab `index` (a pop if `alloc`, else a push): counts it, and grows the class by a
 // batch if it has missed both ways since the last scan (its objects come and go, and the room
 // was too small to absorb that; a class that only ever fills or only ever empties, like either
-// end of a producer/consumer pair, would gain nothing) and the CPU's budget allows. Growing only
-// raises `end`, so a section that read the old header commits within the old bounds; the
-// slab's lock keeps a drain or scan from being undone. `locked`: the caller holds it.
+// end of a producer/consumer pair, would gain nothing) and the CPU's budget allows. The first
+// growth moves the class home from the nursery (move_home); later ones only raise `end`, so a
+// section that read the old header commits within the old bounds. The slab's lock keeps a
+// drain or scan from being undone. `locked`: the caller holds it (locked mode).
 void record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
   SlabControl& control = g_control[index];
   std::atomic<uint32_t>& mine = alloc ? control.alloc_misses[cls] : control.free_misses[cls];
   std::atomic<uint32_t>& other = alloc ? control.free_misses[cls] : control.alloc_misses[cls];
   mine.store(mine.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   if (other.load(std::memory_order_relaxed) == 0) return;
-  if (control.end[cls].load(std::memory_order_relaxed) >= kLayout.end[cls]) return;  // full grown
+  auto room = [&] { return control.end[cls].load(std::memory_order_relaxed) - control.begin[cls].load(std::memory_order_relaxed); };
+  if (room() >= capacity_of(cls)) return;  // full grown
   if (!locked && !control.lock.try_lock()) return;
-  uint16_t end = control.end[cls].load(std::memory_order_relaxed);
-  uint16_t grown = static_cast<uint16_t>(end + batch_size(cls));
-  if (grown > kLayout.end[cls]) grown = kLayout.end[cls];
-  uint64_t bytes = class_bytes(cls, grown - end);
-  if (grown > end && control.capacity_bytes + bytes <= g_budget_bytes) {
-    control.end[cls].store(grown, std::memory_order_relaxed);
-    control.capacity_bytes += bytes;
-    arch::store_bounds(slab(index), cls, kLayout.begin[cls], grown);
+  uint16_t begin = control.begin[cls].load(std::memory_order_relaxed), end = control.end[cls].load(std::memory_order_relaxed);
+  int grown = end - begin + batch_size(cls);
+  if (grown > capacity_of(cls)) grown = capacity_of(cls);
+  uint64_t bytes = class_bytes(cls, grown - (end - begin));
+  if (grown > end - begin && control.capacity_bytes + bytes <= g_budget_bytes) {
+    uint16_t home = kLayout.home[cls], new_end = static_cast<uint16_t>(home + grown);
+    bool moved = begin == home || move_home(index, cls, begin, end, new_end, locked);
+    if (begin == home) arch::store_bounds(slab(index), cls, home, new_end);
+    if (moved) {
+      control.begin[cls].store(home, std::memory_order_relaxed);
+      control.end[cls].store(new_end, std::memory_order_relaxed);
+      control.capacity_bytes += bytes;
+    }
   }
   if (!locked) control.lock.unlock();
 }
@@ -313,16 +351,23 @@ void move_out(uint64_t* s, unsigned cls, uint16_t keep) {
 }
 
 // Moves the objects of slab `index` to the transfer caches and gives every class its initial
-// capacity back. The caller owns the slab: it holds its lock and, in rseq mode, has stopped it
-// and fenced every critical section that could still commit on it.
+// room in the nursery back (set_stopped(index, false) then writes the bounds). The caller owns
+// the slab: it holds its lock and, in rseq mode, has stopped it and fenced every critical
+// section that could still commit on it.
 void drain_owned_slab(uint32_t index) {
   uint64_t* s = slab(index);
   SlabControl& control = g_control[index];
   control.capacity_bytes = 0;
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    move_out(s, cls, kLayout.begin[cls]);
-    control.end[cls].store(g_initial_end[cls], std::memory_order_relaxed);
-    control.capacity_bytes += class_bytes(cls, g_initial_end[cls] - kLayout.begin[cls]);
+    move_out(s, cls, control.begin[cls].load(std::memory_order_relaxed));
+    uint16_t begin = kLayout.nursery[cls], end = static_cast<uint16_t>(begin + g_initial_room[cls]);
+    arch::store_current(s, cls, begin);
+    control.begin[cls].store(begin, std::memory_order_relaxed);
+    control.end[cls].store(end, std::memory_order_relaxed);
+    control.capacity_bytes += class_bytes(cls, end - begin);
+    // It starts afresh: a class grows again only after missing both ways from here on.
+    control.alloc_misses[cls].store(0, std::memory_order_relaxed);
+    control.free_misses[cls].store(0, std::memory_order_relaxed);
   }
   // Its slots hold nothing now, and no section can commit on it: their pages go back to the OS
   // (a quarter of a megabyte per CPU) and come back zeroed as pushes reach them. The first page
@@ -333,8 +378,9 @@ void drain_owned_slab(uint32_t index) {
   if (slots < slots_end) os::release(reinterpret_cast<void*>(slots), slots_end - slots);
 }
 
-// Lowers each class's end to its shrink_to (where set), moving out what sits above. The caller
-// owns the slab as for drain_owned_slab.
+// Lowers each class's end to its shrink_to (where set), moving out what sits above; the class
+// stays where it is. The caller owns the slab as for drain_owned_slab, and set_stopped(index,
+// false) then writes the bounds.
 void shrink_owned_slab(uint32_t index) {
   uint64_t* s = slab(index);
   SlabControl& control = g_control[index];
@@ -348,12 +394,16 @@ void shrink_owned_slab(uint32_t index) {
 }
 
 // Stop: begin = 0xffff and end = 0 (the upper half of each header, one 32-bit store), so every
-// pop and push on the slab misses; current is left to any commit still in flight.
+// pop and push on the slab misses; current is left to any commit still in flight. Restart
+// writes the bounds the control keeps, which is also how a drain or shrink under the lock
+// takes effect in locked mode.
 void set_stopped(uint32_t index, bool stopped) {
   uint64_t* s = slab(index);
+  const SlabControl& control = g_control[index];
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
     if (stopped) arch::store_bounds(s, cls, arch::kStoppedBegin, arch::kStoppedEnd);
-    else arch::store_bounds(s, cls, kLayout.begin[cls], g_control[index].end[cls].load(std::memory_order_relaxed));
+    else arch::store_bounds(s, cls, control.begin[cls].load(std::memory_order_relaxed),
+                            control.end[cls].load(std::memory_order_relaxed));
   }
 }
 
@@ -370,7 +420,8 @@ uint64_t slab_signature(uint32_t index) {
 bool slab_holds_objects(uint32_t index) {
   const uint64_t* s = slab(index);
   for (unsigned cls = 1; cls < kNumClasses; ++cls)
-    if (arch::header_current(arch::load_header(s, cls)) != kLayout.begin[cls]) return true;
+    if (arch::header_current(arch::load_header(s, cls)) != g_control[index].begin[cls].load(std::memory_order_relaxed))
+      return true;
   return false;
 }
 
@@ -396,8 +447,9 @@ void scan_slabs_locked() {
                         control.free_misses[cls].load(std::memory_order_relaxed);
       control.alloc_misses[cls].store(0, std::memory_order_relaxed);
       control.free_misses[cls].store(0, std::memory_order_relaxed);
-      uint16_t end = control.end[cls].load(std::memory_order_relaxed), initial = g_initial_end[cls];
-      control.shrink_to[cls] = misses == 0 && end > initial ? static_cast<uint16_t>(initial + (end - initial) / 2) : 0;
+      uint16_t begin = control.begin[cls].load(std::memory_order_relaxed);
+      int room = control.end[cls].load(std::memory_order_relaxed) - begin, initial = g_initial_room[cls];
+      control.shrink_to[cls] = misses == 0 && room > initial ? static_cast<uint16_t>(begin + initial + (room - initial) / 2) : 0;
       shrink |= control.shrink_to[cls] != 0;
     }
     if (!idle && !shrink) {
@@ -422,7 +474,7 @@ void scan_slabs_locked() {
       else shrink_owned_slab(i);
     }
     control.scan_action = ScanAction::kNone;
-    if (!locked_mode) set_stopped(i, false);
+    set_stopped(i, false);  // in locked mode: the bounds the drain or shrink left
     control.signature = slab_signature(i);
     control.lock.unlock();
   }
@@ -536,6 +588,7 @@ void cache_drain_all() {
       if (!g_control[i].ready.load(std::memory_order_acquire)) continue;
       LockGuard guard(g_control[i].lock);
       drain_owned_slab(i);
+      set_stopped(i, false);  // writes the bounds the drain left
     }
     return;
   }
@@ -597,8 +650,8 @@ CacheStats cache_stats() {
     stats.free_hits += __atomic_load_n(&s[arch::kFreeHitsWord], __ATOMIC_RELAXED);
     for (unsigned cls = 1; cls < kNumClasses; ++cls) {
       uint64_t header = arch::load_header(s, cls);
-      if (arch::header_begin(header) != kLayout.begin[cls]) continue;  // stopped for a drain
-      stats.cached_bytes += uint64_t{size_class(cls).size} * (arch::header_current(header) - kLayout.begin[cls]);
+      if (arch::header_begin(header) == arch::kStoppedBegin) continue;  // stopped for a drain
+      stats.cached_bytes += uint64_t{size_class(cls).size} * (arch::header_current(header) - arch::header_begin(header));
     }
   }
   return stats;

@@ -26,4 +26,9 @@ FM_ALWAYS_INLINE int percpu_push_batch(uintptr_t, uint64_t, const uint64_t&, con
   return 0;
 }
 
+FM_ALWAYS_INLINE bool percpu_move_class(uintptr_t, uint64_t, const uint64_t&, const uintptr_t&, uint64_t, uint64_t,
+                                        uint64_t, const uint64_t&) {
+  return false;
+}
+
 }  // namespace fastmalloc::arch

@@ -230,4 +230,68 @@ miss:
   return 0;
 }
 
+// Moves a class's objects to another run of slots and gives the class new bounds there, in one
+// section: how a class leaves the shared nursery for its own room when it grows (cpu_cache.cpp).
+// The caller holds the control lock of slab `index`, so nothing but critical sections on that
+// slab's CPU changes it meanwhile; the section misses if the thread runs on another slab, or the
+// class's bounds are no longer `from_bounds` (begin | end << 16: stopped, or moved). The slots
+// at `to` belong to no class until the commit, so writing them before it is harmless.
+//
+//   rseq->rseq_cs = &descriptor
+// 1:cpu = *(uint32_t*)(rseq + cpu_field)
+//   if (cpu != index) miss
+//   slab = slabs + (cpu << kSlabShift)
+//   header = slab[cls]
+//   if (header >> 32 != from_bounds) miss
+//   n = current(header) - begin(from_bounds)
+//   for i in 0..n-1: slab[to + i] = slab[begin + i]
+//   slab[cls] = (to + n) | to_bounds << 32    <- commit (one 64-bit store: current, begin, end)
+// 2:
+FM_ALWAYS_INLINE bool percpu_move_class(uintptr_t rseq, uint64_t cpu_field, const uint64_t& index,
+                                        const uintptr_t& slabs, uint64_t cls, uint64_t from_bounds, uint64_t to,
+                                        const uint64_t& to_bounds_shifted) {
+  uint64_t scratch, header, current, i, from, dest, item;
+  asm volatile goto(FM_RSEQ_DESCRIPTOR
+           "leaq 5b(%%rip), %[scratch]\n\t"
+           "movq %[scratch], %%fs:" FM_STR(FASTMALLOC_RSEQ_CS_OFFSET) "(%[rseq])\n\t"
+           "1:\n\t"
+           "movl %%fs:(%[rseq], %[cpu_field]), %k[scratch]\n\t"
+           "cmpq %[index], %[scratch]\n\t"
+           "jne %l[miss]\n\t"
+           "shlq $" FM_STR(FASTMALLOC_SLAB_SHIFT) ", %[scratch]\n\t"
+           "addq %[slabs], %[scratch]\n\t"
+           "movq (%[scratch], %[cls], 8), %[header]\n\t"
+           "movzwl %w[header], %k[current]\n\t"
+           "shrq $32, %[header]\n\t"
+           "cmpq %[from_bounds], %[header]\n\t"
+           "jne %l[miss]\n\t"
+           "movzwl %w[header], %k[header]\n\t"
+           "leaq (%[scratch], %[header], 8), %[from]\n\t"
+           "leaq (%[scratch], %[to], 8), %[dest]\n\t"
+           "xorl %k[i], %k[i]\n\t"
+           "subq %[header], %[current]\n\t"
+           "jz 6f\n\t"
+           "3:\n\t"
+           "movq (%[from], %[i], 8), %[item]\n\t"
+           "movq %[item], (%[dest], %[i], 8)\n\t"
+           "incq %[i]\n\t"
+           "cmpq %[current], %[i]\n\t"
+           "jb 3b\n\t"
+           "6:\n\t"
+           "addq %[to], %[current]\n\t"
+           "orq %[to_bounds], %[current]\n\t"
+           "movq %[current], (%[scratch], %[cls], 8)\n\t"
+           "2:\n\t"
+           FM_RSEQ_ABORT(miss)
+           : [scratch] "=&r"(scratch), [header] "=&r"(header), [current] "=&r"(current), [i] "=&r"(i),
+             [from] "=&r"(from), [dest] "=&r"(dest), [item] "=&r"(item)
+           : [rseq] "r"(rseq), [cpu_field] "r"(cpu_field), [index] "m"(index), [slabs] "m"(slabs),
+             [cls] "r"(cls), [from_bounds] "r"(from_bounds), [to] "r"(to), [to_bounds] "m"(to_bounds_shifted)
+           : "memory", "cc"
+           : miss);
+  return true;
+miss:
+  return false;
+}
+
 }  // namespace fastmalloc::arch
