@@ -37,14 +37,20 @@ constexpr uint16_t initial_room_of(unsigned cls) {
   return capacity_of(cls) < batch_size(cls) ? capacity_of(cls) : static_cast<uint16_t>(batch_size(cls));
 }
 
+// Whether the class can grow past its first room, and so has a region of its own (a home).
+constexpr bool has_home(unsigned cls) { return capacity_of(cls) > initial_room_of(cls); }
+
+// The most room the class can ever have on one CPU: its home region, or its nursery room.
+constexpr uint16_t max_room_of(unsigned cls) { return has_home(cls) ? capacity_of(cls) : initial_room_of(cls); }
+
 // Where each class's slots are. Every class starts in the nursery: one run of small rooms right
 // after the headers, its initial room each, so the classes a program uses only a little share
 // a page or two of slots on each CPU instead of writing one page each. A class that grows moves
 // to its own region (home), sized for its largest room, and stays there until the slab is
 // drained. Slot indexes count 8-byte words from the slab's start.
 struct Layout {
-  uint16_t nursery[kNumClasses];
-  uint16_t home[kNumClasses];  // its region holds capacity_of(cls) slots
+  uint16_t nursery[kNumClasses];  // initial_room_of(cls) slots
+  uint16_t home[kNumClasses];     // capacity_of(cls) slots, where has_home(cls)
   uint16_t end;                // one past the last region
 };
 
@@ -57,7 +63,7 @@ constexpr Layout make_layout() {
   }
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
     layout.home[cls] = next;
-    if (capacity_of(cls) > initial_room_of(cls)) next = static_cast<uint16_t>(next + capacity_of(cls));
+    if (has_home(cls)) next = static_cast<uint16_t>(next + capacity_of(cls));
   }
   layout.end = next;
   return layout;
@@ -237,18 +243,21 @@ void record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
   mine.store(mine.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   if (other.load(std::memory_order_relaxed) == 0) return;
   auto room = [&] { return control.end[cls].load(std::memory_order_relaxed) - control.begin[cls].load(std::memory_order_relaxed); };
-  if (room() >= capacity_of(cls)) return;  // full grown
+  if (room() >= max_room_of(cls)) return;  // full grown
   if (!locked && !control.lock.try_lock()) return;
   uint16_t begin = control.begin[cls].load(std::memory_order_relaxed), end = control.end[cls].load(std::memory_order_relaxed);
   int grown = end - begin + batch_size(cls);
-  if (grown > capacity_of(cls)) grown = capacity_of(cls);
+  if (grown > max_room_of(cls)) grown = max_room_of(cls);
   uint64_t bytes = class_bytes(cls, grown - (end - begin));
   if (grown > end - begin && control.capacity_bytes + bytes <= g_budget_bytes) {
-    uint16_t home = kLayout.home[cls], new_end = static_cast<uint16_t>(home + grown);
-    bool moved = begin == home || move_home(index, cls, begin, end, new_end, locked);
-    if (begin == home) arch::store_bounds(slab(index), cls, home, new_end);
-    if (moved) {
-      control.begin[cls].store(home, std::memory_order_relaxed);
+    // A room the budget cut below its nursery slots grows there first.
+    bool leaves_nursery = begin == kLayout.nursery[cls] && grown > initial_room_of(cls);
+    uint16_t to = leaves_nursery ? kLayout.home[cls] : begin, new_end = static_cast<uint16_t>(to + grown);
+    bool grew = true;
+    if (leaves_nursery) grew = move_home(index, cls, begin, end, new_end, locked);
+    else arch::store_bounds(slab(index), cls, begin, new_end);
+    if (grew) {
+      control.begin[cls].store(to, std::memory_order_relaxed);
       control.end[cls].store(new_end, std::memory_order_relaxed);
       control.capacity_bytes += bytes;
     }

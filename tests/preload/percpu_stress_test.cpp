@@ -6,6 +6,7 @@
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
@@ -16,6 +17,7 @@
 #include <random>
 #include <sched.h>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "preload_support.h"
@@ -236,6 +238,37 @@ TEST_CASE("the classes a CPU uses a little share the nursery's pages of slots") 
   INFO("resident before " << before << ", after " << after);
   sched_setaffinity(0, sizeof saved, &saved);
   REQUIRE(after <= before + 2 * page);
+}
+
+TEST_CASE("every size class grows its room in the per-CPU cache, and its blocks stay intact") {
+  // A burst of allocations and then of frees makes each class miss both ways, so it grows: out
+  // of the nursery into a region of its own, where it has one. tests/CMakeLists.txt runs this
+  // again with a budget too small for every class's first room, so rooms start cut and grow
+  // back inside the nursery first, and the classes with no region of their own stay there.
+  // Every class's burst is held at once, so a class that took another's slots hands out that
+  // class's blocks while they are in use.
+  std::mt19937 rng(3);
+  std::vector<std::pair<void*, uint32_t>> held;
+  held.reserve(4096);  // no allocation of the test's own between the bursts
+  bool intact = true;
+  malloc_trim(0);  // what earlier calls grew goes back, and their budget with it
+  for (int round = 0; round < 30; ++round) {
+    // Largest first, so the classes of a few blocks each have the budget to grow. Classes are
+    // 12% or more apart, so every one is hit.
+    for (size_t size = 65536; size >= 8; size -= size / 11 + 1) {
+      size_t count = std::clamp<size_t>((128 << 10) / size, 4, 40);
+      for (size_t i = 0; i < count; ++i) {
+        uint32_t tag = static_cast<uint32_t>(rng());
+        held.emplace_back(Checked::make(size, tag), tag);
+      }
+    }
+    for (auto& [block, tag] : held) {
+      intact &= Checked::check(block, tag);
+      free(block);
+    }
+    held.clear();
+  }
+  REQUIRE(intact);
 }
 
 // FASTMALLOC_STATS=1 (the mode tests run the suite so) turns on counting of hits.
