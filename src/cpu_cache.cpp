@@ -51,7 +51,7 @@ constexpr uint16_t max_room_of(unsigned cls) { return has_home(cls) ? capacity_o
 struct Layout {
   uint16_t nursery[kNumClasses];  // initial_room_of(cls) slots
   uint16_t home[kNumClasses];     // capacity_of(cls) slots, where has_home(cls)
-  uint16_t end;                // one past the last region
+  uint16_t end;                   // one past the last region
 };
 
 constexpr Layout make_layout() {
@@ -75,9 +75,9 @@ static_assert(kLayout.home[1] * sizeof(uint64_t) <= 2 * 4096, "the headers and t
 
 // Capacities move: a class starts with its initial room in the nursery (less if the budget
 // cannot hold that for every class), grows by a batch on misses (record_miss) while the CPU's
-// total stays within FASTMALLOC_CPU_CACHE_SIZE (g_budget_bytes), up to capacity_of(), moving
-// home on its first growth, and gives back half its room above the initial one when it went a
-// whole period without a miss (scan_slabs).
+// total stays within FASTMALLOC_CPU_CACHE_SIZE (g_budget_bytes), up to max_room_of(), moving
+// home when it outgrows its nursery room, and gives back half its room above the initial one
+// when it went a whole period without a miss (scan_slabs).
 uint16_t g_initial_room[kNumClasses];
 uint64_t g_budget_bytes;
 
@@ -232,9 +232,9 @@ bool move_home(uint32_t index, unsigned cls, uint16_t begin, uint16_t end, uint1
 // A miss on slab `index` (a pop if `alloc`, else a push): counts it, and grows the class by a
 // batch if it has missed both ways since the last scan (its objects come and go, and the room
 // was too small to absorb that; a class that only ever fills or only ever empties, like either
-// end of a producer/consumer pair, would gain nothing) and the CPU's budget allows. The first
-// growth moves the class home from the nursery (move_home); later ones only raise `end`, so a
-// section that read the old header commits within the old bounds. The slab's lock keeps a
+// end of a producer/consumer pair, would gain nothing) and the CPU's budget allows. Growth past
+// the nursery room moves the class home (move_home); the rest only raises `end`, so a section
+// that read the old header commits within the old bounds. The slab's lock keeps a
 // drain or scan from being undone. `locked`: the caller holds it (locked mode).
 void record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
   SlabControl& control = g_control[index];
@@ -242,10 +242,11 @@ void record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
   std::atomic<uint32_t>& other = alloc ? control.free_misses[cls] : control.alloc_misses[cls];
   mine.store(mine.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   if (other.load(std::memory_order_relaxed) == 0) return;
-  auto room = [&] { return control.end[cls].load(std::memory_order_relaxed) - control.begin[cls].load(std::memory_order_relaxed); };
-  if (room() >= max_room_of(cls)) return;  // full grown
+  auto begin_now = [&] { return control.begin[cls].load(std::memory_order_relaxed); };
+  auto end_now = [&] { return control.end[cls].load(std::memory_order_relaxed); };
+  if (end_now() - begin_now() >= max_room_of(cls)) return;  // full grown
   if (!locked && !control.lock.try_lock()) return;
-  uint16_t begin = control.begin[cls].load(std::memory_order_relaxed), end = control.end[cls].load(std::memory_order_relaxed);
+  uint16_t begin = begin_now(), end = end_now();
   int grown = end - begin + batch_size(cls);
   if (grown > max_room_of(cls)) grown = max_room_of(cls);
   uint64_t bytes = class_bytes(cls, grown - (end - begin));
@@ -458,7 +459,8 @@ void scan_slabs_locked() {
       control.free_misses[cls].store(0, std::memory_order_relaxed);
       uint16_t begin = control.begin[cls].load(std::memory_order_relaxed);
       int room = control.end[cls].load(std::memory_order_relaxed) - begin, initial = g_initial_room[cls];
-      control.shrink_to[cls] = misses == 0 && room > initial ? static_cast<uint16_t>(begin + initial + (room - initial) / 2) : 0;
+      bool shrinks = misses == 0 && room > initial;
+      control.shrink_to[cls] = shrinks ? static_cast<uint16_t>(begin + initial + (room - initial) / 2) : 0;
       shrink |= control.shrink_to[cls] != 0;
     }
     if (!idle && !shrink) {
@@ -660,7 +662,8 @@ CacheStats cache_stats() {
     for (unsigned cls = 1; cls < kNumClasses; ++cls) {
       uint64_t header = arch::load_header(s, cls);
       if (arch::header_begin(header) == arch::kStoppedBegin) continue;  // stopped for a drain
-      stats.cached_bytes += uint64_t{size_class(cls).size} * (arch::header_current(header) - arch::header_begin(header));
+      uint64_t objects = arch::header_current(header) - arch::header_begin(header);
+      stats.cached_bytes += uint64_t{size_class(cls).size} * objects;
     }
   }
   return stats;
