@@ -164,7 +164,7 @@ bool all_zero(const unsigned char* p, size_t bytes) {
 }
 }  // namespace
 
-// Above 64 KiB blocks skip the per-CPU caches, and one carved from pages that are not resident
+// Blocks above 64 KiB skip the per-CPU caches, and one carved from pages that are not resident
 // is known to be zero: calloc must not write it (a program that callocs a big table and uses a
 // corner of it would hold the whole table), and must still clear one carved from pages that a
 // freed block left dirty.
