@@ -243,6 +243,17 @@ bool shrinks_alone(const Span* span, unsigned cls) {
   return cls < span->size_class && one_block_per_span(cls) && one_block_per_span(span->size_class) && !g_hardened;
 }
 
+// realloc moving a block between classes of several blocks per span, from `cls` to `fits`
+// (the class `size` picks): a block of a few KiB grown by half or more at once (a buffer grown
+// geometrically, not a string a few bytes at a time) goes to a class with room to double, so
+// its next growth stays in place instead of copying again (and writing the copy's pages).
+unsigned class_to_move_to(unsigned cls, size_t size, unsigned fits) {
+  size_t old_size = size_class(cls).size;
+  if (size < 4096 || size < old_size + old_size / 2 || 2 * size > kMaxCachedSize) return fits;
+  unsigned roomy = size_to_class(2 * size);
+  return one_block_per_span(roomy) ? fits : roomy;
+}
+
 }  // namespace
 
 void deallocate_sized_aligned(void* p, size_t size, const char* call) {
@@ -311,7 +322,7 @@ void* reallocate(void* p, size_t size, const char* call) {
     if (cls != 0 && !one_block_per_span(cls) && !one_block_per_span(new_cls)) {
       if (looks_free(p)) report_not_live(p, call);
       if (new_cls == cls) return p;
-      void* fresh = allocate_small(new_cls);
+      void* fresh = allocate_small(class_to_move_to(cls, size, new_cls));
       if (fresh == nullptr) return nullptr;
       size_t old_size = size_class(cls).size;
       memcpy(fresh, p, old_size < size ? old_size : size);
@@ -339,6 +350,13 @@ void* reallocate(void* p, size_t size, const char* call) {
   } else if (size > kMaxSmallSize) {
     if (!g_page_heap.remap_large(span, size)) return out_of_memory();
     return reinterpret_cast<void*>(span->start);
+  }
+  if (fresh == nullptr && span->state == SpanState::kSmall && !g_hardened && !one_block_per_span(span->size_class) &&
+      size <= kMaxSmallSize && !one_block_per_span(size_to_class(size))) {
+    // Between classes of several blocks per span, as above (reached here when the map's read
+    // side needs its slow path).
+    fresh = allocate_small(class_to_move_to(span->size_class, size, size_to_class(size)));
+    if (fresh == nullptr) return nullptr;
   }
   if (fresh == nullptr && (fresh = allocate(size)) == nullptr) return nullptr;
   size_t old_size = block_size(span);

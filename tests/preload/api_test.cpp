@@ -273,6 +273,31 @@ TEST_CASE("realloc shrinks a block of the classes of 64 KiB and up in place") {
   free(p);
 }
 
+TEST_CASE("realloc gives a buffer grown by half or more room to double, so its next growth stays put") {
+  // 4 KiB to 8 KiB is growth by half or more at once (a buffer grown geometrically): the block
+  // moves to the class of 16 KiB, and growing on to 16 KiB keeps it where it is. Hardened mode
+  // moves it every time (the canary at the block's end has to move with it).
+  unsigned char* p = filled_block(4096);
+  auto* q = static_cast<unsigned char*>(realloc_fn(p, 8192));
+  REQUIRE(q != nullptr);
+  bool kept = true;
+  for (size_t i = 0; i < 4096; ++i) kept &= q[i] == pattern_at(i);
+  REQUIRE(kept);
+  for (size_t i = 4096; i < 8192; ++i) q[i] = pattern_at(i);
+  if (!hardened()) REQUIRE(malloc_usable_size(q) >= 16384);
+  auto* r = static_cast<unsigned char*>(realloc_fn(q, 16384));
+  REQUIRE(r != nullptr);
+  if (!hardened()) REQUIRE(r == q);
+  for (size_t i = 0; i < 8192; ++i) kept &= r[i] == pattern_at(i);
+  REQUIRE(kept);
+  free(r);
+  // A string grown a few bytes at a time gets no room: each step takes the class that fits.
+  auto* s = static_cast<unsigned char*>(realloc_fn(filled_block(5000), 5200));
+  REQUIRE(s != nullptr);
+  REQUIRE(malloc_usable_size(s) < 2 * 5200);
+  free(s);
+}
+
 TEST_CASE("realloc to a size of the block's own class leaves it where it is") {
   // Each size is a class's own, so the size just below it is in the class too.
   for (size_t size : {size_t{16}, size_t{48}, size_t{64}, size_t{1024}, size_t{4096}}) {
