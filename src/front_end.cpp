@@ -157,14 +157,17 @@ void* allocate_large(size_t size, size_t align) {
   return reinterpret_cast<void*>(span->start);
 }
 
-// A block of class `cls` from the slow path, with the checks the inline path makes.
-void* refill_and_hand_out(unsigned cls) {
-  void* p = cache_refill_pop(cls);
+// A block a slow path is about to hand out (nullptr: out of memory), with the checks the
+// inline path makes.
+void* hand_out(void* p) {
   if (FM_UNLIKELY(p == nullptr)) return out_of_memory();
   if (FM_UNLIKELY(!has_free_signature(p))) report_reused_block(p);
   mark_handed_out(p);
   return p;
 }
+
+// A block of class `cls` from the slow path.
+void* refill_and_hand_out(unsigned cls) { return hand_out(cache_refill_pop(cls)); }
 
 void* allocate_small_miss(unsigned cls) {
   prepare_block_checks();
@@ -271,10 +274,8 @@ namespace {
 // with glibc, whose blocks this big are fresh mappings.
 void* allocate_zeroed_uncached(unsigned cls, size_t total) {
   bool untouched = false;
-  void* p = cache_take_uncached(cls, &untouched);
-  if (FM_UNLIKELY(p == nullptr)) return out_of_memory();
-  if (FM_UNLIKELY(!has_free_signature(p))) detail::report_reused_block(p);
-  mark_handed_out(p);
+  void* p = detail::hand_out(cache_take_uncached(cls, &untouched));
+  if (FM_UNLIKELY(p == nullptr)) return nullptr;
   if (g_hardened) harden_handed_out(p, cls);
   if (!untouched) memset(p, 0, total);
   return p;
