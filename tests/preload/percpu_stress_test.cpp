@@ -177,14 +177,6 @@ TEST_CASE("malloc_trim empties every CPU's cache, the ones other threads filled 
 }
 
 TEST_CASE("a drained cache gives the pages of its slots back") {
-  using GetProperty = int (*)(const char*, size_t*);
-  auto get_property = reinterpret_cast<GetProperty>(dlsym(RTLD_DEFAULT, "fastmalloc_get_property"));
-  REQUIRE(get_property != nullptr);
-  auto property = [&](const char* name) {
-    size_t value = 0;
-    REQUIRE(get_property(name, &value) == 0);
-    return value;
-  };
   // Every CPU's cache gets blocks of every class up to 16 KiB, so most of its slots' pages are
   // written.
   for (int cpu : allowed_cpus()) {
@@ -214,14 +206,7 @@ TEST_CASE("a drained cache gives the pages of its slots back") {
 }
 
 TEST_CASE("the classes a CPU uses a little share the nursery's pages of slots") {
-  using GetProperty = int (*)(const char*, size_t*);
-  auto get_property = reinterpret_cast<GetProperty>(dlsym(RTLD_DEFAULT, "fastmalloc_get_property"));
-  REQUIRE(get_property != nullptr);
-  auto resident = [&] {
-    size_t value = 0;
-    REQUIRE(get_property("cpu_cache_resident_bytes", &value) == 0);
-    return value;
-  };
+  auto resident = [] { return property("cpu_cache_resident_bytes"); };
   cpu_set_t saved;
   REQUIRE(sched_getaffinity(0, sizeof saved, &saved) == 0);
   pin_to(allowed_cpus().front());  // one slab takes every call below, in every mode

@@ -3,6 +3,8 @@
 // how it ended.
 #pragma once
 
+#include <catch2/catch.hpp>
+
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +16,15 @@
 inline bool hardened() {
   const char* value = getenv("FASTMALLOC_HARDEN");
   return value != nullptr && strcmp(value, "1") == 0;
+}
+
+// One of the library's numbers (fastmalloc_get_property); fails the test if it cannot be read.
+inline size_t property(const char* name) {
+  using GetProperty = int (*)(const char*, size_t*);
+  static auto get_property = reinterpret_cast<GetProperty>(dlsym(RTLD_DEFAULT, "fastmalloc_get_property"));
+  size_t value = 0;
+  if (get_property == nullptr || get_property(name, &value) != 0) FAIL("fastmalloc_get_property(" << name << ")");
+  return value;
 }
 
 // True when `symbol` resolves (for the whole process) to a definition inside libfastmalloc.so.

@@ -16,14 +16,6 @@
 
 namespace {
 
-size_t property(const char* name) {
-  using GetProperty = int (*)(const char*, size_t*);
-  static auto get_property = reinterpret_cast<GetProperty>(dlsym(RTLD_DEFAULT, "fastmalloc_get_property"));
-  size_t value = 0;
-  if (get_property == nullptr || get_property(name, &value) != 0) FAIL("fastmalloc_get_property(" << name << ")");
-  return value;
-}
-
 size_t release_memory() {
   using Release = size_t (*)();
   static auto release = reinterpret_cast<Release>(dlsym(RTLD_DEFAULT, "fastmalloc_release_memory"));
