@@ -276,10 +276,10 @@ struct RseqSlab {
     return g_count_hits ? arch::percpu_pop<true>(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, out)
                         : arch::percpu_pop<false>(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, out);
   }
-  bool push(unsigned cls, void* p) const {
+  bool push(unsigned cls, void* p, bool count_hit = g_count_hits) const {
     const PerCpuConfig& c = g_percpu;
-    return g_count_hits ? arch::percpu_push<true>(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, p)
-                        : arch::percpu_push<false>(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, p);
+    return count_hit ? arch::percpu_push<true>(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, p)
+                     : arch::percpu_push<false>(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, p);
   }
   int pop_batch(unsigned cls, void** out, int n) const {
     const PerCpuConfig& c = g_percpu;
@@ -297,7 +297,9 @@ struct OwnedSlab {
   uint32_t index;  // its lock is held
   void note_miss(unsigned cls, bool alloc) const { record_miss(index, cls, alloc, true); }
   bool pop(unsigned cls, void** out) const { return arch::slab_pop_owned(slab, cls, out, g_count_hits); }
-  bool push(unsigned cls, void* p) const { return arch::slab_push_owned(slab, cls, p, g_count_hits); }
+  bool push(unsigned cls, void* p, bool count_hit = g_count_hits) const {
+    return arch::slab_push_owned(slab, cls, p, count_hit);
+  }
   int pop_batch(unsigned cls, void** out, int n) const { return arch::slab_pop_batch_owned(slab, cls, out, n); }
   int push_batch(unsigned cls, void* const* in, int n) const {
     return arch::slab_push_batch_owned(slab, cls, in, n);
@@ -328,7 +330,7 @@ bool overflow_push(const Slab& slab, unsigned cls, void* p) {
   if (slab.push(cls, p)) return false;
   count(g_free_misses, 1);
   slab.note_miss(cls, false);
-  if (slab.push(cls, p)) return false;  // the class grew
+  if (slab.push(cls, p, false)) return false;  // the class grew (the free counted as a miss)
   void* batch[kMaxBatch + 1];
   int n = slab.pop_batch(cls, batch, batch_size(cls));
   batch[n++] = p;

@@ -286,10 +286,12 @@ TEST_CASE("per-CPU hit and miss counts add up to the calls made") {
   size_t frees = counts("cpu_cache_free_hits", "cpu_cache_free_misses") - frees_before;
   if (stats_enabled()) {
     // The thread's own start and exit allocate a little too; aborted sections count twice.
+    // A free that misses, grows its class and then goes in counts once (it counted as a miss
+    // and a hit, 1-2% more frees here when the thread moved between CPUs).
     REQUIRE(allocs >= kCalls);
-    REQUIRE(allocs <= kCalls + kCalls / 50);
+    REQUIRE(allocs <= kCalls + kCalls / 100);
     REQUIRE(frees >= kCalls);
-    REQUIRE(frees <= kCalls + kCalls / 50);
+    REQUIRE(frees <= kCalls + kCalls / 100);
   } else {
     // Hits are not counted: only the misses (a few refills and overflows) moved.
     REQUIRE(allocs < kCalls / 4);
