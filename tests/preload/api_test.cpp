@@ -298,6 +298,32 @@ TEST_CASE("realloc gives a buffer grown by half or more room to double, so its n
   free(s);
 }
 
+TEST_CASE("realloc moves a buffer doubled to 16 KiB once, to a span where it grows to 1 MiB in place") {
+  // 8 KiB to 16 KiB at once: the block moves to a span of its own placed with room to grow,
+  // and every later size, those of classes of several blocks per span included, keeps it
+  // there. Each step must still give room for its size: a block that stayed without growing
+  // would be overrun. Hardened mode moves at most at every step.
+  unsigned char* p = filled_block(8192);
+  size_t have = 8192;
+  int moves = 0;
+  for (size_t size : {size_t{16} << 10, size_t{24} << 10, size_t{40} << 10, (size_t{40} << 10) + 1, size_t{64} << 10,
+                      size_t{200} << 10, size_t{1} << 20}) {
+    INFO(size);
+    auto* q = static_cast<unsigned char*>(realloc_fn(p, size));
+    REQUIRE(q != nullptr);
+    if (q != p) ++moves;
+    REQUIRE(malloc_usable_size(q) >= size);
+    bool kept = true;
+    for (size_t i = 0; i < have; ++i) kept &= q[i] == pattern_at(i);
+    REQUIRE(kept);
+    for (size_t i = have; i < size; ++i) q[i] = pattern_at(i);
+    p = q;
+    have = size;
+  }
+  if (!hardened()) REQUIRE(moves == 1);
+  free(p);
+}
+
 TEST_CASE("realloc to a size of the block's own class leaves it where it is") {
   // Each size is a class's own, so the size just below it is in the class too.
   for (size_t size : {size_t{16}, size_t{48}, size_t{64}, size_t{1024}, size_t{4096}}) {
