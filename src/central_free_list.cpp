@@ -16,6 +16,9 @@ void subtract(std::atomic<uint64_t>& counter, uint64_t delta) { counter.fetch_su
 uint64_t load(const std::atomic<uint64_t>& counter) { return counter.load(std::memory_order_relaxed); }
 }  // namespace
 
+// Outside lock_: the page heap's lock (and any mmap it makes) is not held under ours, so a
+// thread preempted there does not hold up every other thread of the class. The span is nobody
+// else's until add_span_locked() puts it on the list.
 Span* CentralFreeList::new_span() {
   const SizeClass& sc = size_class(size_class_);
   Span* span = g_page_heap.allocate(sc.pages, size_class_);
@@ -31,11 +34,12 @@ Span* CentralFreeList::new_span() {
     }
     for (uint64_t& word : span->object_bits->words) __atomic_store_n(&word, 0, __ATOMIC_RELAXED);
   }
-  nonempty_.push_front(span);
   add(spans_, 1);
   add(span_misses_, 1);
   return span;
 }
+
+void CentralFreeList::add_span_locked(Span* span) { nonempty_.push_front(span); }
 
 // An object the span's free list holds, with the free signature in its first word, as every
 // free object has (block_check.h).
@@ -56,74 +60,109 @@ void* CentralFreeList::pop(Span* span) {
 }
 
 // Memory never handed out is carved lazily, so a span's untouched pages cost no RSS. Carving
-// writes each new object's first word (its free signature), which faults its page in: where the
-// span came from pages that are not resident, and every page of the run holds an object's
-// first word (objects no bigger than a page), one system call faults them in instead.
-int CentralFreeList::carve(Span* span, void** out, int n) {
+// only moves never_used; the new objects are the caller's alone from then on, and it writes
+// their first words (free signatures) after dropping the lock (finish_carving), since that is
+// where their pages fault in.
+int CentralFreeList::carve(Span* span, void** out, int n, Carving* carving) {
   const SizeClass& sc = size_class(size_class_);
   uintptr_t objects_end = span->start + sc.used_bytes;
   size_t left = (objects_end - span->never_used) / sc.size;
   if (left < static_cast<size_t>(n)) n = static_cast<int>(left);
   uintptr_t first = span->never_used;
-  if (const uintptr_t os_page = os::hardware_page_size(); span->released && sc.size <= os_page) {
-    uintptr_t last_word_end = first + uintptr_t(n - 1) * sc.size + sizeof(void*);
-    uintptr_t from = first & ~(os_page - 1), to = (last_word_end + os_page - 1) & ~(os_page - 1);
-    os::populate_for_write(reinterpret_cast<void*>(from), to - from);
-  }
-  for (int i = 0; i < n; ++i) {
-    out[i] = reinterpret_cast<void*>(first + uintptr_t(i) * sc.size);
-    mark_free(out[i]);
-  }
+  for (int i = 0; i < n; ++i) out[i] = reinterpret_cast<void*>(first + uintptr_t(i) * sc.size);
   span->never_used = first + uintptr_t(n) * sc.size;
   span->live += static_cast<uint32_t>(n);
   if (span->free_objects == nullptr && span->never_used == objects_end) nonempty_.remove(span);
+  carving->runs[carving->count++] = Carving::Run{out, n, span->released};
   return n;
+}
+
+// Where the span came from pages that are not resident and every page of the run holds an
+// object's first word (objects no bigger than a page), one system call faults them in instead
+// of one fault per page.
+void CentralFreeList::finish_carving(const Carving& carving) const {
+  const size_t object_bytes = size_class(size_class_).size;
+  const uintptr_t os_page = os::hardware_page_size();
+  for (int r = 0; r < carving.count; ++r) {
+    const Carving::Run& run = carving.runs[r];
+    if (run.released && object_bytes <= os_page) {
+      uintptr_t first = reinterpret_cast<uintptr_t>(run.objects[0]);
+      uintptr_t last_word_end = reinterpret_cast<uintptr_t>(run.objects[run.n - 1]) + sizeof(void*);
+      uintptr_t from = first & ~(os_page - 1), to = (last_word_end + os_page - 1) & ~(os_page - 1);
+      os::populate_for_write(reinterpret_cast<void*>(from), to - from);
+    }
+    for (int i = 0; i < run.n; ++i) mark_free(run.objects[i]);
+  }
 }
 
 // A batch carves at most a page's worth of new objects beyond its first one, so the objects of
 // large classes that wait in a cache do not each hold a page the program has not used yet. The
 // class's first batch carves at most one OS page's worth: most programs use most classes only a
-// little, and each such class then holds one OS page of objects, not two.
+// little, and each such class then holds one OS page of objects, not two. Where the list runs
+// dry, the lock is dropped to take a span from the page heap, and the batch goes on there.
 int CentralFreeList::allocate_batch(void** out, int n) {
-  LockGuard guard(lock_);
   const size_t object_bytes = size_class(size_class_).size;
-  const size_t carve_limit =
-      allocations_.load(std::memory_order_relaxed) == 0 ? os::hardware_page_size() : kPageSize;
+  const size_t carve_limit = allocations_.load(std::memory_order_relaxed) == 0 ? os::hardware_page_size() : kPageSize;
   size_t carved_bytes = 0;
   int got = 0;
-  while (got < n) {
-    Span* span = nonempty_.first();
-    if (span == nullptr && (span = new_span()) == nullptr) break;
-    if (span->free_objects != nullptr) {
-      out[got++] = pop(span);
-      continue;
+  Span* fresh = nullptr;
+  for (;;) {
+    Carving carving;
+    bool dry = false;
+    {
+      LockGuard guard(lock_);
+      if (fresh != nullptr) add_span_locked(fresh);
+      const int got_before = got;
+      while (got < n) {
+        Span* span = nonempty_.first();
+        if (span == nullptr) {
+          dry = true;
+          break;
+        }
+        if (span->free_objects != nullptr) {
+          out[got++] = pop(span);
+          continue;
+        }
+        if ((got > 0 && carved_bytes >= carve_limit) || carving.count == Carving::kMaxRuns) break;
+        size_t wanted = (carve_limit - carved_bytes + object_bytes - 1) / object_bytes;  // at least 1
+        int carved = carve(span, out + got, wanted < static_cast<size_t>(n - got) ? static_cast<int>(wanted) : n - got,
+                           &carving);
+        got += carved;
+        carved_bytes += carved * object_bytes;
+      }
+      add(live_, static_cast<uint64_t>(got - got_before));
+      add(allocations_, static_cast<uint64_t>(got - got_before));
     }
-    if (got > 0 && carved_bytes >= carve_limit) break;
-    size_t wanted = (carve_limit - carved_bytes + object_bytes - 1) / object_bytes;  // at least 1
-    int carved = carve(span, out + got, wanted < static_cast<size_t>(n - got) ? static_cast<int>(wanted) : n - got);
-    got += carved;
-    carved_bytes += carved * object_bytes;
+    finish_carving(carving);
+    if (!dry || (got > 0 && carved_bytes >= carve_limit)) return got;
+    if ((fresh = new_span()) == nullptr) return got;
   }
-  add(live_, static_cast<uint64_t>(got));
-  add(allocations_, static_cast<uint64_t>(got));
-  return got;
 }
 
 void* CentralFreeList::allocate_one(bool* untouched) {
-  LockGuard guard(lock_);
-  Span* span = nonempty_.first();
-  if (span == nullptr && (span = new_span()) == nullptr) return nullptr;
-  void* object;
-  if (span->free_objects != nullptr) {
-    object = pop(span);
-    *untouched = false;
-  } else {
-    carve(span, &object, 1);
-    *untouched = span->released;
+  Span* fresh = nullptr;
+  for (;;) {
+    Carving carving;
+    void* object = nullptr;
+    {
+      LockGuard guard(lock_);
+      if (fresh != nullptr) add_span_locked(fresh);
+      if (Span* span = nonempty_.first(); span != nullptr) {
+        if (span->free_objects != nullptr) {
+          object = pop(span);
+          *untouched = false;
+        } else {
+          carve(span, &object, 1, &carving);
+          *untouched = span->released;
+        }
+        add(live_, 1);
+        add(allocations_, 1);
+      }
+    }
+    finish_carving(carving);
+    if (object != nullptr) return object;
+    if ((fresh = new_span()) == nullptr) return nullptr;
   }
-  add(live_, 1);
-  add(allocations_, 1);
-  return object;
 }
 
 void CentralFreeList::push(Span* span, void* p) {

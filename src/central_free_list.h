@@ -60,11 +60,26 @@ class CentralFreeList {
   Mutex& lock() { return lock_; }
 
  private:
+  // The objects carve() took under lock_, whose first words are written after it.
+  struct Carving {
+    static constexpr int kMaxRuns = 8;
+    struct Run {
+      void** objects;
+      int n;
+      bool released;  // carved from pages that were not resident
+    } runs[kMaxRuns];
+    int count = 0;
+  };
+
+  // A span from the page heap, for this class, on no list yet (called without lock_).
   Span* new_span();
+  void add_span_locked(Span* span);
   // With lock_ held, from a span on the list: an object from its free list (pop), or up to n
-  // never handed out (carve; returns how many, at least 1).
+  // never handed out (carve; returns how many, at least 1, noted in *carving).
   void* pop(Span* span);
-  int carve(Span* span, void** out, int n);
+  int carve(Span* span, void** out, int n, Carving* carving);
+  // Without lock_: faults in and signs what carve() took.
+  void finish_carving(const Carving& carving) const;
   void push(Span* span, void* p);
   size_t release_empty_spans_locked();
   // An empty span leaves the class for the page heap.

@@ -22,7 +22,10 @@
 //                               by the block's holder: realloc lengthens or shortens it under
 //                               the page heap's lock (PageHeap::extend, shrink), or carves a
 //                               new one there (allocate_growable), without the class's lock;
-//                               the class counters are relaxed atomic adds for that reason
+//                               the class counters are relaxed atomic adds for that reason.
+//                               A span just taken from the page heap is its taker's until put
+//                               on the list, and objects just carved are the carver's: their
+//                               first words are written after the lock is dropped
 //   page heap                   PageHeap::lock(): free span bins, span fields of free spans,
 //                               span state (written only under it), splitting and coalescing,
 //                               statistics of large blocks, decay (free_since_ms, madvise);

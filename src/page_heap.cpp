@@ -51,9 +51,9 @@ Span* PageHeap::longest_free() {
   return longest;
 }
 
-Span* PageHeap::grow(size_t pages) {
+Span* PageHeap::map_fresh(size_t pages, uintptr_t below) {
   size_t bytes = (pages > kGrowPages ? pages : kGrowPages) * kPageSize;
-  void* memory = last_grow_ > bytes ? os::map_at(reinterpret_cast<void*>(last_grow_ - bytes), bytes) : nullptr;
+  void* memory = below > bytes ? os::map_at(reinterpret_cast<void*>(below - bytes), bytes) : nullptr;
   if (memory == nullptr) memory = os::map(bytes, kPageSize);
   if (memory == nullptr) return nullptr;
   uintptr_t start = reinterpret_cast<uintptr_t>(memory);
@@ -64,22 +64,43 @@ Span* PageHeap::grow(size_t pages) {
     return nullptr;
   }
   map_.pin(start, bytes);  // released spans clear their entries; their leaves must stay
-  system_bytes_ += bytes;
-  last_grow_ = start;
   span->start = start;
   span->bytes = bytes;
   span->state = SpanState::kFree;
   span->released = true;  // never touched: not resident
   span->free_since_ms = os::now_ms();
+  return span;
+}
+
+Span* PageHeap::add_fresh_locked(Span* span) {
+  system_bytes_ += span->bytes;
+  last_grow_ = span->start;
   span = coalesce(span);
   insert_free(span);
   return span;
 }
 
+Span* PageHeap::grow(size_t pages) {
+  Span* span = map_fresh(pages, last_grow_);
+  return span != nullptr ? add_fresh_locked(span) : nullptr;
+}
+
+// Mapping more memory (a system call that waits for the process's mmap lock) happens outside
+// lock_, so that a thread preempted there holds up no other thread's span.
 Span* PageHeap::allocate(size_t pages, unsigned size_class) {
+  uintptr_t below;
+  {
+    LockGuard guard(lock_);
+    uint64_t now = start_hand_out_locked();
+    if (Span* run = take_free(pages); run != nullptr) return carve_locked(run, 0, pages, size_class, now);
+    below = last_grow_;
+  }
+  Span* fresh = map_fresh(pages, below);
+  if (fresh == nullptr) return nullptr;
   LockGuard guard(lock_);
-  uint64_t now = start_hand_out_locked();
-  return carve_locked(take_free(pages), 0, pages, size_class, now);
+  ++grows_;
+  add_fresh_locked(fresh);
+  return carve_locked(take_free(pages), 0, pages, size_class, os::now_ms());
 }
 
 size_t PageHeap::neighbour_reserve(const Span* run) {

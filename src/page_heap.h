@@ -152,6 +152,11 @@ class PageHeap {
   // Cuts the first `bytes` of a span on no list off into a new descriptor (nullptr when out of
   // memory); `span` keeps the rest.
   static Span* split_head(Span* span, size_t bytes);
+  // A free span of at least `pages` pages mapped afresh, right below `below` if that address
+  // range is free; called without lock_, it is on no list until add_fresh_locked() puts it on
+  // one (merged with its free neighbours). grow() does both under lock_.
+  Span* map_fresh(size_t pages, uintptr_t below);
+  Span* add_fresh_locked(Span* span);
   Span* grow(size_t pages);
   void insert_free(Span* span);
   void remove_free(Span* span);
