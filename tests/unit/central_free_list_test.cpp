@@ -2,10 +2,12 @@
 #include <catch2/catch.hpp>
 
 #include <linux/perf_event.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <set>
 #include <vector>
@@ -207,6 +209,47 @@ TEST_CASE("carving pages that are not resident faults in, in one call, the pages
   uintptr_t carved_end = reinterpret_cast<uintptr_t>(second[more - 1]) + sc.size;
   REQUIRE(os::resident_bytes(reinterpret_cast<void*>(span->start), carved_end - span->start) == carved_end - span->start);
   REQUIRE(os::resident_bytes(reinterpret_cast<void*>(carved_end), span->end() - carved_end) == 0);
+  list.deallocate_batch(first, carved);
+  list.deallocate_batch(second, more);
+}
+
+namespace {
+// While a central list is watched, madvise() counts the calls that fault pages in for writing,
+// and those made with that list's lock held (the test runs on one thread).
+std::atomic<CentralFreeList*> g_watched_list{nullptr};
+std::atomic<int> g_populates{0}, g_populates_under_lock{0};
+}  // namespace
+
+// This program's madvise: the allocator's objects are linked into it, so their calls come here
+// first; every call is passed on to the kernel.
+extern "C" int madvise(void* addr, size_t length, int advice) {
+  if (CentralFreeList* list = g_watched_list.load(); list != nullptr && advice == MADV_POPULATE_WRITE) {
+    ++g_populates;
+    if (list->lock().try_lock()) list->lock().unlock();
+    else ++g_populates_under_lock;
+  }
+  return static_cast<int>(syscall(SYS_madvise, addr, length, advice));
+}
+
+TEST_CASE("a central list faults in what it carves after dropping its lock") {
+  // A page fault, or the system call that takes them all at once, can wait long for the
+  // process's mmap lock; under the class's lock it would stall every thread of the class.
+  const size_t os_page = os::hardware_page_size();
+  const unsigned cls = size_to_class(os_page);  // objects of one OS page: carving populates
+  g_page_heap.release_free_pages();             // the next span comes from pages given back
+  CentralFreeList list(cls);
+  g_populates = 0;
+  g_populates_under_lock = 0;
+  g_watched_list = &list;
+  void* first[32];
+  int carved = list.allocate_batch(first, 32);
+  void* second[32];
+  int more = list.allocate_batch(second, 32);
+  g_watched_list = nullptr;
+  REQUIRE(carved > 0);
+  REQUIRE(more > 0);
+  REQUIRE(g_populates > 0);
+  REQUIRE(g_populates_under_lock == 0);
   list.deallocate_batch(first, carved);
   list.deallocate_batch(second, more);
 }
