@@ -1,6 +1,11 @@
 // The page heap: exact sizes, splitting, coalescing with both neighbours, large mappings.
 #include <catch2/catch.hpp>
 
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -120,6 +125,44 @@ TEST_CASE("page heap hands out resident free pages before released ones") {
   heap.deallocate(guard_a);
   heap.deallocate(guard_b);
 }
+
+// The sanitizers intercept mmap to keep their shadow memory right; this program's own mmap
+// would bypass them, so the check below is built without them only.
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+namespace {
+// While a heap is watched, mmap() counts its calls and those made with that heap's lock held
+// (the test runs on one thread).
+std::atomic<PageHeap*> g_watched_heap{nullptr};
+std::atomic<int> g_maps{0}, g_maps_under_lock{0};
+}  // namespace
+
+// This program's mmap: the allocator's objects are linked into it, so their calls come here
+// first; every call is passed on to the kernel.
+extern "C" void* mmap(void* addr, size_t length, int prot, int flags, int fd, off_t offset) {
+  if (PageHeap* heap = g_watched_heap.load(); heap != nullptr) {
+    ++g_maps;
+    if (heap->lock().try_lock()) heap->lock().unlock();
+    else ++g_maps_under_lock;
+  }
+  return reinterpret_cast<void*>(syscall(SYS_mmap, addr, length, prot, flags, fd, offset));
+}
+
+TEST_CASE("the page heap maps more memory without holding its lock") {
+  // mmap waits for the process's mmap lock; under the heap's it would stall every thread that
+  // needs a span meanwhile.
+  static SpanMap map;
+  static PageHeap heap(map);
+  g_maps = 0;
+  g_maps_under_lock = 0;
+  g_watched_heap = &heap;
+  Span* first = heap.allocate(8, kSomeClass);  // a new heap: its first memory is mapped now
+  g_watched_heap = nullptr;
+  REQUIRE(first != nullptr);
+  REQUIRE(g_maps > 0);
+  REQUIRE(g_maps_under_lock == 0);
+  heap.deallocate(first);
+}
+#endif
 
 TEST_CASE("page heap grows for requests larger than a chunk") {
   static SpanMap map;
