@@ -100,7 +100,7 @@ void CentralFreeList::finish_carving(const Carving& carving) const {
 // class's first batch carves at most one OS page's worth: most programs use most classes only a
 // little, and each such class then holds one OS page of objects, not two. Where the list runs
 // dry, the lock is dropped to take a span from the page heap, and the batch goes on there.
-int CentralFreeList::allocate_batch(void** out, int n) {
+int CentralFreeList::take(void** out, int n, bool* untouched) {
   const size_t object_bytes = size_class(size_class_).size;
   const size_t carve_limit = allocations_.load(std::memory_order_relaxed) == 0 ? os::hardware_page_size() : kPageSize;
   size_t carved_bytes = 0;
@@ -134,35 +134,17 @@ int CentralFreeList::allocate_batch(void** out, int n) {
       add(allocations_, static_cast<uint64_t>(got - got_before));
     }
     finish_carving(carving);
+    if (untouched != nullptr) *untouched = carving.count > 0 && carving.runs[0].released;
     if (!dry || (got > 0 && carved_bytes >= carve_limit)) return got;
     if ((fresh = new_span()) == nullptr) return got;
   }
 }
 
+int CentralFreeList::allocate_batch(void** out, int n) { return take(out, n, nullptr); }
+
 void* CentralFreeList::allocate_one(bool* untouched) {
-  Span* fresh = nullptr;
-  for (;;) {
-    Carving carving;
-    void* object = nullptr;
-    {
-      LockGuard guard(lock_);
-      if (fresh != nullptr) add_span_locked(fresh);
-      if (Span* span = nonempty_.first(); span != nullptr) {
-        if (span->free_objects != nullptr) {
-          object = pop(span);
-          *untouched = false;
-        } else {
-          carve(span, &object, 1, &carving);
-          *untouched = span->released;
-        }
-        add(live_, 1);
-        add(allocations_, 1);
-      }
-    }
-    finish_carving(carving);
-    if (object != nullptr) return object;
-    if ((fresh = new_span()) == nullptr) return nullptr;
-  }
+  void* object;
+  return take(&object, 1, untouched) == 1 ? object : nullptr;
 }
 
 void CentralFreeList::push(Span* span, void* p) {

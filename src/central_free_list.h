@@ -71,6 +71,9 @@ class CentralFreeList {
     int count = 0;
   };
 
+  // allocate_batch, and allocate_one with n = 1 and `untouched` set: whether the one object
+  // was carved from pages that were not resident (nullptr: not asked).
+  int take(void** out, int n, bool* untouched);
   // A span from the page heap, for this class, on no list yet (called without lock_).
   Span* new_span();
   void add_span_locked(Span* span);
