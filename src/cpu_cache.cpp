@@ -172,6 +172,16 @@ void setup() {
     __atomic_store_n(&g_percpu.fast_num_slabs, uint64_t{num_slabs}, __ATOMIC_RELEASE);
 }
 
+// Gives class `cls` of a slab its initial room in the nursery, in the control's books (bounds
+// and capacity); returns the room's first slot. The caller owns the slab and writes its header.
+uint16_t give_initial_room(SlabControl& control, unsigned cls) {
+  uint16_t begin = kLayout.nursery[cls], end = static_cast<uint16_t>(begin + g_initial_room[cls]);
+  control.begin[cls].store(begin, std::memory_order_relaxed);
+  control.end[cls].store(end, std::memory_order_relaxed);
+  control.capacity_bytes += class_bytes(cls, end - begin);
+  return begin;
+}
+
 // Headers are written whole (one 64-bit store each), so a fast path on this slab sees either
 // the zero header, which misses, or the final one.
 void ensure_slab(uint32_t index) {
@@ -182,11 +192,8 @@ void ensure_slab(uint32_t index) {
   uint64_t* s = slab(index);
   control.capacity_bytes = 0;
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    uint16_t begin = kLayout.nursery[cls], end = static_cast<uint16_t>(begin + g_initial_room[cls]);
-    control.begin[cls].store(begin, std::memory_order_relaxed);
-    control.end[cls].store(end, std::memory_order_relaxed);
-    control.capacity_bytes += class_bytes(cls, end - begin);
-    arch::store_header(s, cls, arch::make_header(begin, begin, end));
+    uint16_t begin = give_initial_room(control, cls);
+    arch::store_header(s, cls, arch::make_header(begin, begin, control.end[cls].load(std::memory_order_relaxed)));
   }
   control.ready.store(true, std::memory_order_release);
 }
@@ -372,11 +379,7 @@ void drain_owned_slab(uint32_t index) {
   control.capacity_bytes = 0;
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
     move_out(s, cls, control.begin[cls].load(std::memory_order_relaxed));
-    uint16_t begin = kLayout.nursery[cls], end = static_cast<uint16_t>(begin + g_initial_room[cls]);
-    arch::store_current(s, cls, begin);
-    control.begin[cls].store(begin, std::memory_order_relaxed);
-    control.end[cls].store(end, std::memory_order_relaxed);
-    control.capacity_bytes += class_bytes(cls, end - begin);
+    arch::store_current(s, cls, give_initial_room(control, cls));
     // It starts afresh: a class grows again only after missing both ways from here on.
     control.alloc_misses[cls].store(0, std::memory_order_relaxed);
     control.free_misses[cls].store(0, std::memory_order_relaxed);
