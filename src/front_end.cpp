@@ -249,13 +249,6 @@ bool shrinks_alone(const Span* span, unsigned cls) {
   return cls < span->size_class && one_block_per_span(cls) && one_block_per_span(span->size_class) && !g_hardened;
 }
 
-// The smallest class whose blocks are alone in their spans.
-constexpr unsigned kFirstAloneClass = [] {
-  unsigned cls = 1;
-  while (size_class_detail::kTable.classes[cls].objects != 1) ++cls;
-  return cls;
-}();
-
 // realloc moving a block between classes of several blocks per span, from `cls` to `fits`
 // (the class `size` picks). A block of a few KiB grown by half or more at once (a buffer grown
 // geometrically, not a string a few bytes at a time) goes where its next growth stays in place

@@ -98,6 +98,17 @@ FM_ALWAYS_INLINE const SizeClass& size_class(unsigned cls) { return size_class_d
 // Whether the spans of class `cls` hold one block each (the classes from 40 KiB up): realloc
 // resizes such a block by resizing its span.
 FM_ALWAYS_INLINE bool one_block_per_span(unsigned cls) { return size_class(cls).objects == 1; }
+// The smallest of them; every class above it holds one block per span too.
+inline constexpr unsigned kFirstAloneClass = [] {
+  unsigned cls = 1;
+  while (size_class_detail::kTable.classes[cls].objects != 1) ++cls;
+  return cls;
+}();
+static_assert([] {
+  for (unsigned cls = kFirstAloneClass; cls < kNumClasses; ++cls)
+    if (size_class_detail::kTable.classes[cls].objects != 1) return false;
+  return true;
+}());
 
 // The class for a request of at most kMaxLookupSize bytes: one table load.
 FM_ALWAYS_INLINE unsigned lookup_class(size_t size) { return size_class_detail::kTable.small_lookup[(size + 7) >> 3]; }
