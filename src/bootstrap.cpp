@@ -2,7 +2,8 @@
 //
 // Nothing here is needed before the first allocation: every structure starts zeroed and ready,
 // so allocations from ld.so or libc that come before this library's constructor are served as
-// usual. The constructor only reads the options and registers the fork handlers.
+// usual. The constructor reads the options, registers the fork handlers, and sets up what
+// registers the process for membarrier, while it most likely has one thread.
 #include <pthread.h>
 
 #include "central_free_list.h"
@@ -64,6 +65,11 @@ __attribute__((constructor(101))) void on_load() {
   options();
   // pthread_atfork may allocate (through us): no lock is held here, so that is fine.
   pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+  // A membarrier registration costs nothing in a process with one thread, and a kernel RCU
+  // grace period (10-20 ms here, measured with strace) in one with more: left to the first
+  // slow path, it landed on a worker thread in most programs, inside its first free.
+  sync::registry_set_up();
+  cache_set_up();
 }
 
 __attribute__((destructor(101))) void on_unload() {

@@ -635,8 +635,12 @@ void cache_drain_all() {
   }
 }
 
-CacheMode cache_mode() {
+void cache_set_up() {
   if (!is_set_up()) setup();
+}
+
+CacheMode cache_mode() {
+  cache_set_up();
   return g_mode;
 }
 

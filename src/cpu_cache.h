@@ -66,6 +66,11 @@ FM_NOINLINE void* cache_take_uncached(unsigned cls, bool* untouched);
 // and the caller's current one can be drained, and the others are left alone.
 void cache_drain_all();
 
+// Sets the per-CPU level up now, if it is not yet (the first miss would): rseq, the slabs, and
+// the registration for the membarrier drains use. The library does it at load, for the reason
+// sync::registry_set_up() gives.
+void cache_set_up();
+
 enum class CacheMode : uint8_t { kNotSetUp, kRseqMmCid, kRseqCpuId, kLocked };
 CacheMode cache_mode();
 const char* cache_mode_name(CacheMode mode);

@@ -35,7 +35,7 @@ using detail::t_record;
 Mutex g_lock;
 ThreadRecord* g_free = nullptr;
 unsigned g_in_use = 0;
-std::atomic<bool> g_set_up{false};  // read without g_lock by ensure_set_up()
+std::atomic<bool> g_set_up{false};  // read without g_lock by registry_set_up()
 bool g_have_key = false;
 pthread_key_t g_key;
 
@@ -80,12 +80,6 @@ void set_up_locked() {
   g_set_up.store(true, std::memory_order_release);
 }
 
-// Writers may fence before any reader has registered: they decide how, the same way.
-void ensure_set_up() {
-  if (g_set_up.load(std::memory_order_acquire)) return;
-  LockGuard guard(g_lock);
-  if (!g_set_up.load(std::memory_order_relaxed)) set_up_locked();
-}
 
 ThreadRecord* take_record_locked() {
   if (g_free != nullptr) {
@@ -129,8 +123,15 @@ ThreadRecord* register_current_thread() {
 
 }  // namespace detail
 
+void registry_set_up() {
+  if (g_set_up.load(std::memory_order_acquire)) return;
+  LockGuard guard(g_lock);
+  if (!g_set_up.load(std::memory_order_relaxed)) set_up_locked();
+}
+
 void writer_fence() {
-  ensure_set_up();
+  // Writers may fence before any reader has registered: they decide how, the same way.
+  registry_set_up();
   if (g_readers_fence || !os::membarrier_private()) std::atomic_thread_fence(std::memory_order_seq_cst);
 }
 

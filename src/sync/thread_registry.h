@@ -67,6 +67,12 @@ FM_ALWAYS_INLINE void reader_fence() {
   else std::atomic_signal_fence(std::memory_order_seq_cst);
 }
 
+// Decides, once, how writers fence (registering the process for membarrier) and sets up the
+// exit hook. The first record or writer fence does it by itself; the library calls it at load,
+// because the kernel makes the registration wait for one of its RCU grace periods (10-20 ms on
+// the development machine) once the process has a second thread, and not before.
+void registry_set_up();
+
 // A writer's heavy fence, between its stores and its scan of the records (membarrier, or a
 // full fence when readers fence).
 void writer_fence();
