@@ -242,17 +242,19 @@ bool move_home(uint32_t index, unsigned cls, uint16_t begin, uint16_t end, uint1
 // end of a producer/consumer pair, would gain nothing) and the CPU's budget allows. Growth past
 // the nursery room moves the class home (move_home); the rest only raises `end`, so a section
 // that read the old header commits within the old bounds. The slab's lock keeps a
-// drain or scan from being undone. `locked`: the caller holds it (locked mode).
-void record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
+// drain or scan from being undone. `locked`: the caller holds it (locked mode). Returns the
+// misses of this kind since the last scan, this one included.
+uint32_t record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
   SlabControl& control = g_control[index];
   std::atomic<uint32_t>& mine = alloc ? control.alloc_misses[cls] : control.free_misses[cls];
   std::atomic<uint32_t>& other = alloc ? control.free_misses[cls] : control.alloc_misses[cls];
-  mine.store(mine.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  if (other.load(std::memory_order_relaxed) == 0) return;
+  uint32_t misses = mine.load(std::memory_order_relaxed) + 1;
+  mine.store(misses, std::memory_order_relaxed);
+  if (other.load(std::memory_order_relaxed) == 0) return misses;
   auto begin_now = [&] { return control.begin[cls].load(std::memory_order_relaxed); };
   auto end_now = [&] { return control.end[cls].load(std::memory_order_relaxed); };
-  if (end_now() - begin_now() >= max_room_of(cls)) return;  // full grown
-  if (!locked && !control.lock.try_lock()) return;
+  if (end_now() - begin_now() >= max_room_of(cls)) return misses;  // full grown
+  if (!locked && !control.lock.try_lock()) return misses;
   uint16_t begin = begin_now(), end = end_now();
   int grown = end - begin + batch_size(cls);
   if (grown > max_room_of(cls)) grown = max_room_of(cls);
@@ -271,13 +273,14 @@ void record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
     }
   }
   if (!locked) control.lock.unlock();
+  return misses;
 }
 
 // A slab, reached either through rseq (the fast-path sections on the current CPU's slab) or
 // owned under its lock (locked mode): the miss handling below is the same for both.
 struct RseqSlab {
   uint32_t index;
-  void note_miss(unsigned cls, bool alloc) const { record_miss(index, cls, alloc, false); }
+  uint32_t note_miss(unsigned cls, bool alloc) const { return record_miss(index, cls, alloc, false); }
   bool pop(unsigned cls, void** out) const {
     const PerCpuConfig& c = g_percpu;
     return g_count_hits ? arch::percpu_pop<true>(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, out)
@@ -302,7 +305,7 @@ struct RseqSlab {
 struct OwnedSlab {
   uint64_t* slab;
   uint32_t index;  // its lock is held
-  void note_miss(unsigned cls, bool alloc) const { record_miss(index, cls, alloc, true); }
+  uint32_t note_miss(unsigned cls, bool alloc) const { return record_miss(index, cls, alloc, true); }
   bool pop(unsigned cls, void** out) const { return arch::slab_pop_owned(slab, cls, out, g_count_hits); }
   bool push(unsigned cls, void* p, bool count_hit = g_count_hits) const {
     return arch::slab_push_owned(slab, cls, p, count_hit);
@@ -313,17 +316,30 @@ struct OwnedSlab {
   }
 };
 
+// How many objects a pop miss brings, the `misses`-th of its class on this slab since the last
+// scan: 4 KiB of objects (at least one) the first time, twice as many each time after, up to a
+// transfer batch. Whatever a refill brings is carved and faulted in, and stays on this CPU; a
+// class that a program passes through (a string grown by realloc, a few blocks of one size)
+// keeps a page's worth on each CPU instead of a batch (32 KiB for the classes from 1 KiB), and
+// one in steady use reaches whole batches after a few misses.
+int refill_size(unsigned cls, uint32_t misses) {
+  constexpr size_t kFirstRefillBytes = 4096;
+  unsigned doublings = misses > 8 ? 7 : misses - 1;
+  size_t n = (kFirstRefillBytes << doublings) / size_class_detail::size_of_class(cls);
+  return n < 1 ? 1 : n > static_cast<size_t>(batch_size(cls)) ? batch_size(cls) : static_cast<int>(n);
+}
+
 // After a miss that may not be real (an abort, a slab or thread just set up, or a fast path
-// that is off because hits are counted), tries once more; then takes a batch from the
-// transfer cache, keeps all but one in the slab and returns that one.
+// that is off because hits are counted), tries once more; then takes objects from the
+// transfer cache (refill_size), keeps all but one in the slab and returns that one.
 template <class Slab>
 void* refill_pop(const Slab& slab, unsigned cls) {
   void* p;
   if (slab.pop(cls, &p)) return p;
   count(g_alloc_misses, 1);
-  slab.note_miss(cls, true);
+  uint32_t misses = slab.note_miss(cls, true);
   void* batch[kMaxBatch];
-  int got = transfer_cache(cls).remove(batch, batch_size(cls));
+  int got = transfer_cache(cls).remove(batch, refill_size(cls, misses));
   if (got == 0) return nullptr;
   int kept = got > 1 ? slab.push_batch(cls, batch, got - 1) : 0;
   if (kept < got - 1) transfer_cache(cls).insert(batch + kept, got - 1 - kept);

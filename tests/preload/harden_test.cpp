@@ -58,11 +58,13 @@ TEST_CASE("hardened: a double free is reported even after the freed block was ov
 
 TEST_CASE("hardened: freeing an object slot that was never handed out is reported", "[.harden]") {
   REQUIRE(hardened());
-  // A class nothing else here uses (3 KiB objects, 8 to a span): the first block's neighbours
-  // were carved with it and wait in the caches, or were not carved yet. The neighbour starts
-  // one class size (usable size plus the canary) further on.
+  // A class nothing else here uses (3 KiB objects, 8 to a span): its first block is the first
+  // object of a fresh span (a class's first refill carves one page's worth from the span's
+  // start), so the next slot, one class size (usable size plus the canary) further on, lies in
+  // the same span and was never handed out: carved with it and waiting in a cache, or not
+  // carved yet.
   char* p = static_cast<char*>(malloc(3000));
-  char* neighbour = p - (malloc_usable_size(p) + 8);
+  char* neighbour = p + (malloc_usable_size(p) + 8);
   expect_free_report(neighbour, "never handed out", [neighbour] { free_fn(neighbour); });
   free(p);
 }

@@ -207,6 +207,30 @@ TEST_CASE("a class that misses both ways grows, and gives the room back once it 
   }
 }
 
+TEST_CASE("a class's first refill on a CPU brings a page of objects, not a whole batch") {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(sched_getcpu(), &set);
+  sched_setaffinity(0, sizeof set, &set);
+  // 3500-byte blocks (class 3584): a transfer batch is 9 of them, 4 KiB holds one.
+  constexpr size_t kSize = 3500, kClassSize = 3584;
+  constexpr int kBlocks = 200;
+  std::vector<void*> blocks;
+  blocks.reserve(kBlocks);
+  for (int i = 0; i < kBlocks; ++i) blocks.push_back(malloc(kSize));
+  for (void* p : blocks) free(p);
+  // Every cache emptied, and the class's misses on this CPU counted from zero: the free blocks
+  // are now in the central list's spans, where the next refill finds them.
+  malloc_trim(0);
+  size_t before = property("cpu_cache_bytes");
+  void* first = malloc(kSize);
+  size_t after = property("cpu_cache_bytes");
+  free(first);
+  INFO("per-CPU caches held " << before << " bytes before the first malloc, " << after << " after it");
+  // A whole batch would have left 8 blocks behind in the cache.
+  REQUIRE(after < before + kClassSize);
+}
+
 TEST_CASE("buffers up to 1 MiB come from the heap and are used again; larger ones are mapped alone") {
   // FASTMALLOC_HARDEN=1 carves each request from the class above its own, so there the top
   // class (896 KiB to 1 MiB) is a large block already.
