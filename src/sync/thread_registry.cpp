@@ -80,7 +80,6 @@ void set_up_locked() {
   g_set_up.store(true, std::memory_order_release);
 }
 
-
 ThreadRecord* take_record_locked() {
   if (g_free != nullptr) {
     ThreadRecord* r = g_free;
