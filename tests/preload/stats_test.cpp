@@ -231,6 +231,43 @@ TEST_CASE("a class's first refill on a CPU brings a page of objects, not a whole
   REQUIRE(after < before + kClassSize);
 }
 
+TEST_CASE("consecutive blocks of a class carved together are handed out at ascending addresses") {
+  // A fresh process, so the class (3 KiB blocks, 8 to a 24 KiB span) has nothing cached or
+  // freed yet and every block comes from carving, which goes up through each span.
+  if (getenv("FM_TEST_FRESH_PROCESS") == nullptr) {
+    ChildResult r = run_in_child([] {
+      setenv("FM_TEST_FRESH_PROCESS", "1", 1);
+      execl("/proc/self/exe", "preload_tests", "--warn", "NoTests", "consecutive blocks of a class*", nullptr);
+      _exit(127);
+    });
+    INFO(r.err);
+    REQUIRE(r.exited);
+    REQUIRE(r.exit_code == 0);
+    return;
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(sched_getcpu(), &set);
+  sched_setaffinity(0, sizeof set, &set);
+  constexpr size_t kSize = 3000, kSpanBytes = 24 << 10;
+  constexpr int kBlocks = 64;
+  std::vector<uintptr_t> blocks;
+  blocks.reserve(kBlocks);
+  for (int i = 0; i < kBlocks; ++i) blocks.push_back(reinterpret_cast<uintptr_t>(malloc(kSize)));
+  // Neighbours in time that share a span (a new span may lie anywhere) must go up.
+  int same_span = 0, descending = 0;
+  for (int i = 1; i < kBlocks; ++i) {
+    uintptr_t a = blocks[i - 1], b = blocks[i];
+    if ((a > b ? a - b : b - a) >= kSpanBytes) continue;
+    ++same_span;
+    if (b < a) ++descending;
+  }
+  for (uintptr_t p : blocks) free(reinterpret_cast<void*>(p));
+  INFO(same_span << " consecutive pairs in one span, " << descending << " of them descending");
+  REQUIRE(same_span >= kBlocks / 2);
+  REQUIRE(descending == 0);
+}
+
 TEST_CASE("buffers up to 1 MiB come from the heap and are used again; larger ones are mapped alone") {
   // FASTMALLOC_HARDEN=1 carves each request from the class above its own, so there the top
   // class (896 KiB to 1 MiB) is a large block already.
