@@ -29,6 +29,32 @@ bool close_to(size_t actual, size_t expected) {
   return actual + slack >= expected && actual <= expected + slack;
 }
 
+// Runs the test cases matching `pattern` again in a fresh process (this program, those tests
+// only), so that no earlier test has grown a class or filled the caches; the seccomp filter and
+// LD_PRELOAD of the mode go along. True in that fresh process, where the caller goes on with its
+// test; in the first one it checks how the child ended and returns false.
+bool in_fresh_process(const char* pattern) {
+  if (getenv("FM_TEST_FRESH_PROCESS") != nullptr) return true;
+  ChildResult r = run_in_child([pattern] {
+    setenv("FM_TEST_FRESH_PROCESS", "1", 1);
+    // --warn NoTests: a filter that matched nothing fails instead of passing.
+    execl("/proc/self/exe", "preload_tests", "--warn", "NoTests", pattern, nullptr);
+    _exit(127);
+  });
+  INFO(r.err);
+  REQUIRE(r.exited);
+  REQUIRE(r.exit_code == 0);
+  return false;
+}
+
+// Keeps the calling thread on the CPU it runs on now, so that one per-CPU cache sees all it does.
+void stay_on_this_cpu() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(sched_getcpu(), &set);
+  sched_setaffinity(0, sizeof set, &set);
+}
+
 }  // namespace
 
 TEST_CASE("allocated bytes go up by what threads allocate and back down when others free it") {
@@ -145,24 +171,8 @@ TEST_CASE("the cache of a CPU that has gone idle is drained by the slow paths of
 }
 
 TEST_CASE("a class that misses both ways grows, and gives the room back once it stops missing") {
-  // Runs in a fresh process (this program again, this test only), so that no earlier test has
-  // grown the class or filled the caches; the seccomp filter and LD_PRELOAD of the mode go along.
-  if (getenv("FM_TEST_FRESH_PROCESS") == nullptr) {
-    ChildResult r = run_in_child([] {
-      setenv("FM_TEST_FRESH_PROCESS", "1", 1);
-      // --warn NoTests: a filter that matched nothing fails instead of passing.
-      execl("/proc/self/exe", "preload_tests", "--warn", "NoTests", "a class that misses both ways*", nullptr);
-      _exit(127);
-    });
-    INFO(r.err);
-    REQUIRE(r.exited);
-    REQUIRE(r.exit_code == 0);
-    return;
-  }
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(sched_getcpu(), &set);
-  sched_setaffinity(0, sizeof set, &set);
+  if (!in_fresh_process("a class that misses both ways*")) return;
+  stay_on_this_cpu();
   // 7000-byte blocks (class 7168): a per-CPU capacity of 4 objects at first (one transfer
   // batch), at most 18.
   constexpr size_t kSize = 7000, kClassSize = 7168;
@@ -208,10 +218,7 @@ TEST_CASE("a class that misses both ways grows, and gives the room back once it 
 }
 
 TEST_CASE("a class's first refill on a CPU brings a page of objects, not a whole batch") {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(sched_getcpu(), &set);
-  sched_setaffinity(0, sizeof set, &set);
+  stay_on_this_cpu();
   // 3500-byte blocks (class 3584): a transfer batch is 9 of them, 4 KiB holds one.
   constexpr size_t kSize = 3500, kClassSize = 3584;
   constexpr int kBlocks = 200;
@@ -234,21 +241,8 @@ TEST_CASE("a class's first refill on a CPU brings a page of objects, not a whole
 TEST_CASE("consecutive blocks of a class carved together are handed out at ascending addresses") {
   // A fresh process, so the class (3 KiB blocks, 8 to a 24 KiB span) has nothing cached or
   // freed yet and every block comes from carving, which goes up through each span.
-  if (getenv("FM_TEST_FRESH_PROCESS") == nullptr) {
-    ChildResult r = run_in_child([] {
-      setenv("FM_TEST_FRESH_PROCESS", "1", 1);
-      execl("/proc/self/exe", "preload_tests", "--warn", "NoTests", "consecutive blocks of a class*", nullptr);
-      _exit(127);
-    });
-    INFO(r.err);
-    REQUIRE(r.exited);
-    REQUIRE(r.exit_code == 0);
-    return;
-  }
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(sched_getcpu(), &set);
-  sched_setaffinity(0, sizeof set, &set);
+  if (!in_fresh_process("consecutive blocks of a class*")) return;
+  stay_on_this_cpu();
   constexpr size_t kSize = 3000, kSpanBytes = 24 << 10;
   constexpr int kBlocks = 64;
   std::vector<uintptr_t> blocks;
