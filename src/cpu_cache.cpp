@@ -319,7 +319,7 @@ struct OwnedSlab {
 
 // How many objects a pop miss brings, the `misses`-th of its class on this slab since the last
 // scan: 4 KiB of objects (at least one) the first time, twice as many each time after, up to a
-// transfer batch. Whatever a refill brings is carved and faulted in, and stays on this CPU; a
+// transfer batch. What a refill brings stays on this CPU (and what it carves is faulted in); a
 // class that a program passes through (a string grown by realloc, a few blocks of one size)
 // keeps a page's worth on each CPU instead of a batch (32 KiB for the classes from 1 KiB), and
 // one in steady use reaches whole batches after a few misses.
