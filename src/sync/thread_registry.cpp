@@ -131,7 +131,18 @@ void registry_set_up() {
 void writer_fence() {
   // Writers may fence before any reader has registered: they decide how, the same way.
   registry_set_up();
-  if (g_readers_fence || !os::membarrier_private()) std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (g_readers_fence) {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    return;
+  }
+  if (FM_LIKELY(os::membarrier_private())) return;
+  // Registered at setup, refused now: a seccomp filter installed since. Readers do not fence, so
+  // a reader's publishing store may still sit in its CPU's store buffer, unseen by our scan,
+  // while it reads what we are about to change. A store buffer empties on its own within
+  // microseconds (and at once at any interrupt or context switch): fence, then let a
+  // millisecond pass before the scan. Slow, but only in this case.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  os::sleep_us(kRefusedFenceWaitUs);
 }
 
 void backoff(unsigned round) {

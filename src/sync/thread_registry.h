@@ -13,7 +13,8 @@
 // membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED), which runs a full barrier on every CPU running
 // one of our threads. Where the kernel refuses it (decided once, before the first record is
 // handed out), readers fence instead: `g_readers_fence` is then true and every outermost read
-// lock pays one mfence.
+// lock pays one mfence. Where it is refused only later (a sandbox installed after the library
+// loaded), writers wait for readers' store buffers to empty instead (writer_fence).
 #pragma once
 
 #include <atomic>
@@ -74,7 +75,10 @@ FM_ALWAYS_INLINE void reader_fence() {
 void registry_set_up();
 
 // A writer's heavy fence, between its stores and its scan of the records (membarrier, or a
-// full fence when readers fence).
+// full fence when readers fence). If membarrier worked at setup and is refused later (a seccomp
+// filter installed since), readers do not fence: the writer then fences and waits
+// kRefusedFenceWaitUs for their store buffers to empty.
+inline constexpr unsigned kRefusedFenceWaitUs = 1000;
 void writer_fence();
 
 // Calls visit(record) for every record ever handed out (free ones read as outside any section).
