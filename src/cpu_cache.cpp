@@ -544,6 +544,9 @@ void periodic_work() {
   if (now < due) return;
   uint64_t period = g_page_heap.decay_ms() > 100 ? g_page_heap.decay_ms() : 100;
   if (!g_next_idle_scan_ms.compare_exchange_strong(due, now + period, std::memory_order_relaxed)) return;
+  // The first call only sets the clock: nothing has sat idle for a period yet, and a scan would
+  // touch every class's caches, a handful of page faults in a program that runs for a millisecond.
+  if (due == 0) return;
   if (is_set_up()) scan_slabs();
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
     transfer_cache(cls).release_idle();
