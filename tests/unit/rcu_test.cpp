@@ -53,6 +53,30 @@ class Reader {
   std::thread thread_;
 };
 
+// Forks with RCU's and the registry's locks taken, as the allocator's fork handlers take them;
+// the child fixes them up, runs `child` (a hang fails it after 10 s) and exits with what it
+// returns. Returns the child's exit code.
+template <class Fn>
+int run_forked(Fn child) {
+  rcu_fork_prepare();
+  rcu_fork_prepare_queue();
+  registry_fork_prepare();
+  pid_t pid = fork();
+  if (pid == 0) {
+    rcu_fork_child();
+    registry_fork_child();
+    alarm(10);
+    _exit(child());
+  }
+  rcu_fork_parent();
+  registry_fork_parent();
+  REQUIRE(pid > 0);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  return WEXITSTATUS(status);
+}
+
 }  // namespace
 
 TEST_CASE("synchronize_rcu waits for a reader that started before it, and only that long", "[sync]") {
@@ -264,27 +288,14 @@ TEST_CASE("records of exited threads are reused", "[sync]") {
 
 TEST_CASE("a fork child whose parent had readers inside can still synchronize", "[sync]") {
   Reader reader;  // inside a section when the fork happens; absent from the child
-  rcu_fork_prepare();
-  rcu_fork_prepare_queue();
-  registry_fork_prepare();
-  pid_t pid = fork();
-  if (pid == 0) {
-    rcu_fork_child();
-    registry_fork_child();
-    alarm(10);  // a hang fails the child
+  int code = run_forked([] {
     synchronize_rcu();
     rcu_read_lock();
     rcu_read_unlock();
     rcu_barrier();
-    _exit(0);
-  }
-  rcu_fork_parent();
-  registry_fork_parent();
-  REQUIRE(pid > 0);
-  int status = 0;
-  REQUIRE(waitpid(pid, &status, 0) == pid);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
+    return 0;
+  });
+  REQUIRE(code == 0);
 }
 
 TEST_CASE("readers fence exactly when membarrier is unavailable", "[sync]") {
@@ -294,6 +305,8 @@ TEST_CASE("readers fence exactly when membarrier is unavailable", "[sync]") {
   bool membarrier_denied = getenv("FASTMALLOC_TEST_NO_MEMBARRIER") != nullptr;
   REQUIRE(g_readers_fence == membarrier_denied);
 }
+
+namespace {
 
 // Installs a seccomp filter on the calling thread (and the threads it starts) that refuses
 // membarrier with EPERM, as a sandbox set up after the program started would.
@@ -311,34 +324,23 @@ bool refuse_membarrier_from_now_on() {
   return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) == 0;
 }
 
+}  // namespace
+
 // Not in [sync]: the suite's run without membarrier refuses it from the start, where readers
 // fence instead and this case cannot arise.
 TEST_CASE("a writer whose membarrier is refused after setup waits for readers' stores to drain") {
   rcu_read_lock();  // the registry decides how to fence, with membarrier available
   rcu_read_unlock();
   REQUIRE_FALSE(g_readers_fence);
-  rcu_fork_prepare();
-  rcu_fork_prepare_queue();
-  registry_fork_prepare();
-  pid_t pid = fork();
-  if (pid == 0) {
-    rcu_fork_child();
-    registry_fork_child();
-    alarm(10);  // a hang fails the child
-    if (!refuse_membarrier_from_now_on()) _exit(2);
-    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0 || errno != EPERM) _exit(3);
+  int code = run_forked([] {
+    if (!refuse_membarrier_from_now_on()) return 2;
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0 || errno != EPERM) return 3;
     // No reader is inside: all the grace period waits for is the writer's own fallback.
     auto start = std::chrono::steady_clock::now();
     synchronize_rcu();
     auto waited = std::chrono::steady_clock::now() - start;
-    _exit(waited >= std::chrono::microseconds(kRefusedFenceWaitUs) ? 0 : 4);
-  }
-  rcu_fork_parent();
-  registry_fork_parent();
-  REQUIRE(pid > 0);
-  int status = 0;
-  REQUIRE(waitpid(pid, &status, 0) == pid);
-  REQUIRE(WIFEXITED(status));
+    return waited >= std::chrono::microseconds(kRefusedFenceWaitUs) ? 0 : 4;
+  });
   INFO("child's exit code: 2 no seccomp, 3 membarrier not refused, 4 the writer did not wait");
-  REQUIRE(WEXITSTATUS(status) == 0);
+  REQUIRE(code == 0);
 }
