@@ -26,7 +26,10 @@ void* map(size_t bytes, size_t align) {
     void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? nullptr : p;
   }
-  // Over-map by the alignment, then trim the unaligned head and the tail.
+  // Over-map by the alignment, keep the highest aligned part and trim the rest. The kernel
+  // places a mapping right below the lowest one it has handed out, so keeping the top leaves
+  // no hole between this mapping and the one above it (the page heap's growths then adjoin
+  // and their free pages merge), and the slack below is where the next mapping goes.
   size_t padded = bytes + align;
   if (padded < bytes) {
     errno = ENOMEM;
@@ -34,10 +37,9 @@ void* map(size_t bytes, size_t align) {
   }
   void* raw = ::mmap(nullptr, padded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED) return nullptr;
-  uintptr_t start = reinterpret_cast<uintptr_t>(raw);
-  uintptr_t aligned = round_up(start, align);
+  uintptr_t start = reinterpret_cast<uintptr_t>(raw), end = start + padded;
+  uintptr_t aligned = (end - bytes) & ~(align - 1);
   if (aligned > start) ::munmap(raw, aligned - start);
-  uintptr_t end = start + padded;
   if (end > aligned + bytes) ::munmap(reinterpret_cast<void*>(aligned + bytes), end - (aligned + bytes));
   return reinterpret_cast<void*>(aligned);
 }

@@ -262,6 +262,35 @@ TEST_CASE("consecutive blocks of a class carved together are handed out at ascen
   REQUIRE(descending == 0);
 }
 
+TEST_CASE("the heap's growths adjoin, so after a trim its free pages lie in a few runs") {
+  // Free pages merge only with free pages next to them. Growths with holes between them (two
+  // threads racing to grow, or padding left above an aligned mapping) stay separate runs, and
+  // each run keeps span-map entries resident at its ends after it is released.
+  if (!in_fresh_process("the heap's growths adjoin*")) return;
+  constexpr size_t kBlock = 4096, kBlocksPerThread = 16384;  // 64 MiB a thread
+  malloc_trim(0);
+  const size_t heap_before = property("heap_bytes"), runs_before = mallinfo2().ordblks;
+  auto fill_and_free = [] {
+    std::vector<void*> blocks(kBlocksPerThread);
+    for (void*& p : blocks) {
+      p = malloc(kBlock);
+      if (p != nullptr) static_cast<char*>(p)[0] = 1;
+    }
+    for (void* p : blocks) free(p);
+  };
+  std::thread a(fill_and_free), b(fill_and_free);
+  a.join();
+  b.join();
+  malloc_trim(0);
+  // Well over a hundred growths of 1 MiB went into it.
+  REQUIRE(property("heap_bytes") >= heap_before + (100 << 20));
+  // A new run may start at each mapping made meanwhile by others (thread stacks, metadata),
+  // not at each growth. Growths that left holes made some 60 new runs here.
+  const size_t runs_after = mallinfo2().ordblks;
+  INFO(runs_before << " free runs before, " << runs_after << " after");
+  REQUIRE(runs_after <= runs_before + 12);
+}
+
 TEST_CASE("buffers up to 1 MiB come from the heap and are used again; larger ones are mapped alone") {
   // FASTMALLOC_HARDEN=1 carves each request from the class above its own, so there the top
   // class (896 KiB to 1 MiB) is a large block already.
