@@ -284,11 +284,12 @@ TEST_CASE("the heap's growths adjoin, so after a trim its free pages lie in a fe
   malloc_trim(0);
   // Well over a hundred growths of 1 MiB went into it.
   REQUIRE(property("heap_bytes") >= heap_before + (100 << 20));
-  // A new run may start at each mapping made meanwhile by others (thread stacks, metadata),
-  // not at each growth. Growths that left holes made some 60 new runs here.
+  // A new run may start at each mapping made meanwhile by others (thread stacks, the chunks of
+  // span descriptors: 3 to 10 new runs here), not at each growth. Growths that left holes made
+  // 46 to 63 new runs here.
   const size_t runs_after = mallinfo2().ordblks;
   INFO(runs_before << " free runs before, " << runs_after << " after");
-  REQUIRE(runs_after <= runs_before + 12);
+  REQUIRE(runs_after <= runs_before + 24);
 }
 
 TEST_CASE("buffers up to 1 MiB come from the heap and are used again; larger ones are mapped alone") {
