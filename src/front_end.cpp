@@ -47,6 +47,9 @@
 //                               first and last page, its other entries are 0, and the page
 //                               heap drops the pages of entries it owns whole (madvise under
 //                               its lock; the page heap's leaves are pinned, never released).
+//                               Unmapping a large block clears its entry holding both the
+//                               page heap's lock and SpanMap::lock(), so no entry writer runs
+//                               while it drops the page of entries around it once all zero.
 //                               SpanMap::lock() serializes leaf creation, release, the spare.
 //   span descriptors            RCU: a descriptor leaves the map (its pages renamed to the
 //                               span that absorbed it, or its large block's entry cleared) and

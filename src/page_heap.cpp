@@ -467,9 +467,11 @@ void PageHeap::unmap_large(Span* span) {
     LockGuard guard(lock_);
     --large_count_;
     large_bytes_ -= span->bytes;
+    // Clear the entry before the address can be mapped again by someone else. With both locks
+    // held no entry of the page of entries around it changes while that page may go back.
+    LockGuard map_guard(map_.lock());
+    map_.forget_entry(span->start);
   }
-  // Clear the entry before the address can be mapped again by someone else.
-  map_.set(span->start, nullptr);
   span->state = SpanState::kFree;
   os::unmap(reinterpret_cast<void*>(span->start), span->bytes);
   retire(span);

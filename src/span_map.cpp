@@ -106,6 +106,13 @@ void SpanMap::forget_range(uintptr_t start, size_t bytes, uintptr_t owned_start,
   release_zero_entry_pages(first, end, owned_start >> kPageShift, owned_end >> kPageShift);
 }
 
+void SpanMap::forget_entry(uintptr_t addr) {
+  store(addr, 0);
+  const uintptr_t group_pages = os::hardware_page_size() / sizeof(uintptr_t);
+  uintptr_t group = (addr >> kPageShift) & ~(group_pages - 1);
+  release_zero_entry_pages(group, group + group_pages, group, group + group_pages);
+}
+
 void SpanMap::release_zero_entry_pages(uintptr_t first, uintptr_t end, uintptr_t owned_first, uintptr_t owned_end) {
   // Each page of entries describes a group of heap pages; it can be dropped only when the whole
   // group is owned, since then nobody writes to it meanwhile. Neighbouring ones go in one call.

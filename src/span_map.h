@@ -87,6 +87,12 @@ class SpanMap {
   // an address the allocator never handed out.
   void forget_range(uintptr_t start, size_t bytes, uintptr_t owned_start, uintptr_t owned_end);
 
+  // Clears the entry of the page holding `addr` (a large block's first page), and gives back
+  // the page of entries around it once that leaves it all zero: large blocks land all over the
+  // address space, and each would otherwise keep a page of entries resident after it is gone.
+  // The caller holds lock() and the page heap's lock, so no writer of any entry runs meanwhile.
+  void forget_entry(uintptr_t addr);
+
   Mutex& lock() { return lock_; }
 
   // Unmaps every leaf that holds no entry; returns the bytes given back. Takes lock() and the

@@ -248,6 +248,23 @@ TEST_CASE("large mappings are aligned, recorded at their first page, and resizab
   REQUIRE(heap.stats().large_bytes == 0);
 }
 
+TEST_CASE("an unmapped large block gives back the page of span-map entries it alone used") {
+  static SpanMap map;
+  static PageHeap heap(map);
+  // Each holds a page of entries of its own: one page of entries covers 4 MiB of addresses.
+  Span* first = heap.map_large(8 << 20, 0);
+  REQUIRE(first != nullptr);
+  const size_t resident_one = map.resident_leaf_bytes();
+  Span* second = heap.map_large(8 << 20, 0);
+  REQUIRE(second != nullptr);
+  const size_t resident_two = map.resident_leaf_bytes();
+  REQUIRE(resident_two > resident_one);
+  heap.unmap_large(second);
+  REQUIRE(map.resident_leaf_bytes() == resident_one);
+  heap.unmap_large(first);
+  REQUIRE(map.resident_leaf_bytes() < resident_one);
+}
+
 TEST_CASE("a span just handed out is never merged into a neighbour that is freed") {
   // The bug this guards against: allocate() returned spans still marked free, so a neighbour
   // freed before the caller marked its span could swallow it.
