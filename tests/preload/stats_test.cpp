@@ -37,6 +37,7 @@ bool in_fresh_process(const char* pattern) {
   if (getenv("FM_TEST_FRESH_PROCESS") != nullptr) return true;
   ChildResult r = run_in_child([pattern] {
     setenv("FM_TEST_FRESH_PROCESS", "1", 1);
+    dup2(STDERR_FILENO, STDOUT_FILENO);  // the suite's report of a failure, for INFO below
     // --warn NoTests: a filter that matched nothing fails instead of passing.
     execl("/proc/self/exe", "preload_tests", "--warn", "NoTests", pattern, nullptr);
     _exit(127);
@@ -270,12 +271,17 @@ TEST_CASE("the heap's growths adjoin, so after a trim its free pages lie in a fe
   constexpr size_t kBlock = 4096, kBlocksPerThread = 16384;  // 64 MiB a thread
   malloc_trim(0);
   const size_t heap_before = property("heap_bytes"), runs_before = mallinfo2().ordblks;
-  auto fill_and_free = [] {
+  // Both hold their blocks until both have allocated, so the heap holds both at once however
+  // the threads are scheduled.
+  std::atomic<int> filled{0};
+  auto fill_and_free = [&filled] {
     std::vector<void*> blocks(kBlocksPerThread);
     for (void*& p : blocks) {
       p = malloc(kBlock);
       if (p != nullptr) static_cast<char*>(p)[0] = 1;
     }
+    filled.fetch_add(1);
+    while (filled.load() < 2) std::this_thread::yield();
     for (void* p : blocks) free(p);
   };
   std::thread a(fill_and_free), b(fill_and_free);
