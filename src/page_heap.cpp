@@ -436,6 +436,10 @@ Span* PageHeap::map_large(size_t bytes, size_t align) {
     errno = ENOMEM;
     return nullptr;
   }
+  // The span map names a block at its first page of kPageSize. A mapping of one OS page (a
+  // small block with a large alignment) could share that page with a block mapped right after
+  // it, and their entries would be one; at kPageSize or more, no two blocks start in one page.
+  if (mapped < kPageSize) mapped = kPageSize;
   void* memory = os::map(mapped, align > hw_page ? align : hw_page);
   if (memory == nullptr) return nullptr;
   uintptr_t start = reinterpret_cast<uintptr_t>(memory);

@@ -248,6 +248,21 @@ TEST_CASE("large mappings are aligned, recorded at their first page, and resizab
   REQUIRE(heap.stats().large_bytes == 0);
 }
 
+TEST_CASE("no two large blocks start in one span-map page, however small they are") {
+  // A block of one 4 KiB OS page at the start of an 8 KiB span-map page, with another mapping
+  // placed right after it, would share its entry: freeing one found the other's descriptor
+  // (libFuzzer: "free(): invalid pointer" for a live memalign(16 KiB, 1) block).
+  static SpanMap map;
+  static PageHeap heap(map);
+  Span* tiny = heap.map_large(1, 16 << 10);
+  REQUIRE(tiny != nullptr);
+  REQUIRE(tiny->start % (16 << 10) == 0);
+  // So whatever is mapped after it starts in a later span-map page.
+  REQUIRE(tiny->bytes >= kPageSize);
+  REQUIRE((tiny->start + tiny->bytes) / kPageSize != tiny->start / kPageSize);
+  heap.unmap_large(tiny);
+}
+
 TEST_CASE("an unmapped large block gives back the page of span-map entries it alone used") {
   static SpanMap map;
   static PageHeap heap(map);
