@@ -104,6 +104,10 @@ struct Result {
   long extra_rss_kb = -1;  // idle-threads workload: RSS while the threads hold their blocks
   // held-set workload: RSS while every thread holds its full set, after filling and after churn
   long filled_rss_kb = -1, churned_rss_kb = -1;
+  // large blocks: the most KiB of pages the live blocks had touched at once, a floor under any
+  // allocator's true peak RSS (VmHWM is kept up to date only when the kernel lowers RSS, and
+  // can read below it)
+  long live_peak_kb = -1;
 };
 
 Result pairs(const Options& o, size_t size) {
@@ -303,11 +307,16 @@ Result realloc_growth(const Options& o) {
 
 Result large(const Options& o) {
   uint64_t total = static_cast<uint64_t>(10'000 * o.scale);
+  // KiB of pages touched in the blocks held now: counted down before a free and up after the
+  // touches, so it never counts more than is resident.
+  static std::atomic<long> live_kb{0}, live_peak_kb{0};
   double s = run_threads(o, total, [](int t, uint64_t n) {
     Rng rng(static_cast<uint64_t>(t) + 5);
     void* held[4] = {};
+    long held_kb[4] = {};
     for (uint64_t i = 0; i < n; ++i) {
       size_t k = i % 4;
+      live_kb.fetch_sub(held_kb[k]);
       free(held[k]);
       // 256 KiB to 32 MiB, spread evenly over the powers of two.
       size_t size = (size_t{256} << 10) << rng.below(8);
@@ -316,10 +325,19 @@ Result large(const Options& o) {
       held[k] = malloc(size);
       auto* bytes = static_cast<volatile char*>(held[k]);
       for (size_t off = 0; off < size; off += 256 * 1024) bytes[off] = 1;
+      held_kb[k] = static_cast<long>((size + 256 * 1024 - 1) / (256 * 1024)) * (sysconf(_SC_PAGESIZE) / 1024);
+      long now = live_kb.fetch_add(held_kb[k]) + held_kb[k];
+      for (long peak = live_peak_kb.load(); now > peak && !live_peak_kb.compare_exchange_weak(peak, now);) {
+      }
     }
-    for (void* p : held) free(p);
+    for (int k = 0; k < 4; ++k) {
+      live_kb.fetch_sub(held_kb[k]);
+      free(held[k]);
+    }
   });
-  return {total, s};
+  Result r{total, s};
+  r.live_peak_kb = live_peak_kb.load();
+  return r;
 }
 
 // Thread churn: many short-lived threads, each doing a little allocation.
@@ -473,6 +491,7 @@ int main(int argc, char** argv) {
            status_kb("VmHWM"));
     if (r.extra_rss_kb >= 0) printf(" idle_rss_kb=%ld", r.extra_rss_kb);
     if (r.filled_rss_kb >= 0) printf(" filled_rss_kb=%ld churned_rss_kb=%ld", r.filled_rss_kb, r.churned_rss_kb);
+    if (r.live_peak_kb >= 0) printf(" live_peak_kb=%ld", r.live_peak_kb);
     printf("\n");
     return 0;
   }

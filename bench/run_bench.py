@@ -157,7 +157,7 @@ def main():
             "ops_per_sec": statistics.median(float(r["ops_per_sec"]) for r in runs),
             "peak_rss_kb": statistics.median(int(r["peak_rss_kb"]) for r in runs),
             **{key: statistics.median(int(r[key]) for r in runs) if key in runs[0] else ""
-               for key in ("idle_rss_kb", "filled_rss_kb", "churned_rss_kb")},
+               for key in ("idle_rss_kb", "filled_rss_kb", "churned_rss_kb", "live_peak_kb")},
             "reps": len(runs),
         })
     rows.sort(key=lambda r: (args.workloads.index(r["workload"]), r["threads"], ORDER.index(r["allocator"])))
@@ -229,7 +229,8 @@ def render_sync(kv, scale):
 def write_csv(args, rows):
     with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["allocator", "workload", "threads", "ops_per_sec", "peak_rss_kb",
-                                          "idle_rss_kb", "filled_rss_kb", "churned_rss_kb", "reps"])
+                                          "idle_rss_kb", "filled_rss_kb", "churned_rss_kb", "live_peak_kb",
+                                          "reps"])
         w.writeheader()
         w.writerows(rows)
 
@@ -284,6 +285,12 @@ def render(args, rows, topology, command):
             f"{a} {max(by[(a, workload, t)]['peak_rss_kb'] for t in threads_list if (a, workload, t) in by) / 1024:.1f}"
             for a in args.allocators if any((a, workload, t) in by for t in threads_list)))
         out.append("")
+        if any(r["workload"] == workload and r["live_peak_kb"] != "" for r in rows):
+            out.append("Pages the live blocks had touched at once, at most (MiB; no allocator's true peak is "
+                       "below it, but VmHWM, which the kernel updates only when it lowers RSS, can be): " + ", ".join(
+                f"{a} {max(by[(a, workload, t)]['live_peak_kb'] for t in threads_list if (a, workload, t) in by) / 1024:.1f}"
+                for a in args.allocators if any((a, workload, t) in by for t in threads_list)))
+            out.append("")
         if any(r["workload"] == workload and r["filled_rss_kb"] != "" for r in rows):
             out.extend(render_held_rss(args, by, workload, threads_list))
     if "fastmalloc" in args.allocators and "fastmalloc-harden" in args.allocators:
