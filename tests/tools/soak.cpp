@@ -2,9 +2,10 @@
 // must stay flat: an allocator that leaks, or that fragments without bound, grows.
 //
 // Threads (default 8, so more than the CPUs here) each keep a working set of blocks (8 B to
-// 64 KiB, one in a hundred up to 1 MiB) and replace them at random; one in eight of the
-// blocks is handed to the next thread through a mailbox and freed there; some are grown or
-// shrunk with realloc. Every block carries a pattern derived from its address and a tag,
+// 64 KiB, one in a hundred up to 1 MiB, one in a thousand up to 4 MiB) and replace them at
+// random; one in 32 comes from posix_memalign with an alignment of 16 B to 1 MiB; one in eight
+// of the blocks is handed to the next thread through a mailbox and freed there; some are grown
+// or shrunk with realloc. Every block carries a pattern derived from its address and a tag,
 // checked before it is freed. The main thread samples RSS every --interval seconds and prints
 //   t=SECONDS rss_kib=N ops=N
 // then a summary line; the exit code is 0 only if no block was corrupted and the largest RSS of
@@ -61,9 +62,21 @@ struct Mailbox {
 
 size_t pick_size(Rng& rng) {
   uint64_t r = rng.next();
+  if (r % 1000 == 0) return (size_t{1} << 20) + (r >> 16) % (size_t{3} << 20);
   if (r % 100 == 0) return 16 + r % (1 << 20);
   if (r % 4 == 0) return 16 + (r >> 8) % 65536;
   return 16 + (r >> 8) % 1024;
+}
+
+// A new block: mostly malloc, sometimes aligned (a misaligned block counts as corruption).
+void* allocate(Rng& rng, size_t size) {
+  uint64_t r = rng.next();
+  if (r % 32 != 0) return malloc(size);
+  size_t align = size_t{16} << (r >> 8) % 17;
+  void* p = nullptr;
+  if (posix_memalign(&p, align, size) != 0) return nullptr;
+  if (reinterpret_cast<uintptr_t>(p) % align != 0) g_corrupt = true;
+  return p;
 }
 
 void worker(int id, int threads, std::vector<Mailbox>& boxes) {
@@ -99,7 +112,7 @@ void worker(int id, int threads, std::vector<Mailbox>& boxes) {
       }
     }
     size_t size = pick_size(rng);
-    slot = malloc(size);
+    slot = allocate(rng, size);
     if (slot == nullptr) abort();
     Block::fill(slot, size, ++tag);
     if (++ops % 1024 == 0) {
