@@ -27,9 +27,9 @@ void* map(size_t bytes, size_t align) {
     return p == MAP_FAILED ? nullptr : p;
   }
   // Over-map by the alignment, keep the highest aligned part and trim the rest. The kernel
-  // places a mapping right below the lowest one it has handed out, so keeping the top leaves
-  // no hole between this mapping and the one above it (the page heap's growths then adjoin
-  // and their free pages merge), and the slack below is where the next mapping goes.
+  // hands out addresses top-down (at the top of the highest gap that fits), so keeping the top
+  // leaves no hole between this mapping and the one above it (the page heap's growths then
+  // adjoin and their free pages merge), and the slack below is where the next mapping goes.
   size_t padded = bytes + align;
   if (padded < bytes) {
     errno = ENOMEM;
