@@ -55,3 +55,15 @@ TEST_CASE("object boundaries are recognized exactly") {
     }
   }
 }
+
+TEST_CASE("between 4 and 8 KiB the classes are 512 bytes apart, so a page plus a header wastes little") {
+  for (size_t size = 4097; size <= 8192; ++size) {
+    size_t waste = size_class(size_to_class(size)).size - size;
+    REQUIRE(waste < 512);
+  }
+  REQUIRE(size_class(size_to_class(4368)).size == 4608);  // SQLite's page-cache buffer
+  // Around the finer group the classes keep four per power of two.
+  REQUIRE(size_class(size_to_class(4096)).size == 4096);
+  REQUIRE(size_class(size_to_class(8193)).size == 10240);
+  REQUIRE(size_class(size_to_class(3073)).size == 3584);
+}
