@@ -2,11 +2,11 @@
 // the span (run of pages) its objects are carved from.
 //
 // Classes: 8; 16 to 128 in steps of 16; then four classes per power of two (for sizes in
-// (2^k, 2^(k+1)] the step is 2^(k-2)), eight between 4 and 8 KiB, up to kMaxSmallSize = 1 MiB. Every class from 16 up is
-// a multiple of 16, so objects carved from a page-aligned span are 16-byte aligned; every power
-// of two is a class, so an aligned request can be served by a class that is a multiple of the
-// alignment. Rounding wastes less than 1/4 of a request above 128 bytes (one step over the
-// smallest size of its group), and at most 15 bytes below.
+// (2^k, 2^(k+1)] the step is 2^(k-2)), but eight between 4 and 8 KiB, up to kMaxSmallSize =
+// 1 MiB. Every class from 16 up is a multiple of 16, so objects carved from a page-aligned span
+// are 16-byte aligned; every power of two is a class, so an aligned request can be served by a
+// class that is a multiple of the alignment. Rounding wastes less than 1/4 of a request above
+// 128 bytes (one step over the smallest size of its group), and at most 15 bytes below.
 //
 // Why 1 MiB: a block above it gets its own mapping and is unmapped on free, so every new one
 // costs an mmap, a munmap and a page fault per page touched. Up to 1 MiB (the buffers that
@@ -41,8 +41,9 @@ static_assert(sizeof(SizeClass) == 32);
 
 namespace size_class_detail {
 
-// (4 KiB, 8 KiB] has eight classes, 512 bytes apart: buffers of a page plus a header (SQLite's
-// page cache takes 4368 bytes a page) waste a tenth of their size there instead of a sixth.
+// (4 KiB, 8 KiB] has eight classes, 512 bytes apart: buffers of a page plus a header waste at
+// most an eighth there instead of a quarter (SQLite's page cache asks 4368 bytes a page: 5% over
+// in the 4608 class, 17% in 5120).
 inline constexpr unsigned kFineLg = 12, kFineFirst = 10 + (kFineLg - 7) * 4, kFineClasses = 8;
 
 constexpr size_t size_of_class(unsigned cls) {
