@@ -7,8 +7,6 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <new>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -16,6 +14,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "../refuse_syscalls.h"
 #include "preload_support.h"
 
 namespace {
@@ -154,16 +153,8 @@ int fill_mixed_and_recover() {
 // From here on every mmap (and mremap) fails with ENOMEM: memory the allocator already holds is
 // all there is.
 bool refuse_mmap() {
-  sock_filter filter[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mmap, 1, 0),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_mremap, 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOMEM),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-  };
-  sock_fprog program{static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
-  return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
-         syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) == 0;
+  const int refused[] = {SYS_mmap, SYS_mremap};
+  return refuse_syscalls(refused, 2, ENOMEM) == 0;
 }
 
 }  // namespace

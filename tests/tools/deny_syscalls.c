@@ -4,15 +4,12 @@
  * program's libc and allocator meet the refusal from their very first call. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "../refuse_syscalls.h"
 
 static int syscall_number(const char* name) {
   if (strcmp(name, "rseq") == 0) return SYS_rseq;
@@ -31,26 +28,22 @@ int main(int argc, char** argv) {
     fprintf(stderr, "usage: deny_syscalls [--errno ENOSYS|EPERM] rseq[,membarrier,madvise] -- PROGRAM ARGS...\n");
     return 2;
   }
-  struct sock_filter filter[16];
-  int n = 0;
-  filter[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
-  filter[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
-  filter[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
-  filter[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+  int numbers[kRefuseSyscallsMax], count = 0;
   char names[256];
   snprintf(names, sizeof names, "%s", argv[arg]);
-  for (char* name = strtok(names, ","); name != NULL && n < 14; name = strtok(NULL, ",")) {
+  for (char* name = strtok(names, ","); name != NULL; name = strtok(NULL, ",")) {
     int nr = syscall_number(name);
     if (nr < 0) {
       fprintf(stderr, "deny_syscalls: unknown system call %s\n", name);
       return 2;
     }
-    filter[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, 1);
-    filter[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (unsigned)error);
+    if (count == kRefuseSyscallsMax) {
+      fprintf(stderr, "deny_syscalls: at most %d system calls\n", kRefuseSyscallsMax);
+      return 2;
+    }
+    numbers[count++] = nr;
   }
-  filter[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
-  struct sock_fprog program = {(unsigned short)n, filter};
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) != 0) {
+  if (refuse_syscalls(numbers, count, error) != 0) {
     perror("deny_syscalls: seccomp");
     return 2;
   }

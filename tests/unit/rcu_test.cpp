@@ -9,18 +9,14 @@
 #include <csignal>
 #include <cstdlib>
 #include <pthread.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
 #include <linux/membarrier.h>
-#include <linux/seccomp.h>
-#include <stddef.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
 
+#include "../refuse_syscalls.h"
 #include "sync/rcu.h"
 #include "sync/thread_registry.h"
 #include "sync_support.h"
@@ -308,20 +304,10 @@ TEST_CASE("readers fence exactly when membarrier is unavailable", "[sync]") {
 
 namespace {
 
-// Installs a seccomp filter on the calling thread (and the threads it starts) that refuses
-// membarrier with EPERM, as a sandbox set up after the program started would.
+// From now on membarrier fails with EPERM, as under a sandbox set up after the program started.
 bool refuse_membarrier_from_now_on() {
-  sock_filter filter[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_membarrier, 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-  };
-  sock_fprog program = {static_cast<unsigned short>(sizeof filter / sizeof filter[0]), filter};
-  return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) == 0;
+  const int refused[] = {SYS_membarrier};
+  return refuse_syscalls(refused, 1, EPERM) == 0;
 }
 
 }  // namespace
