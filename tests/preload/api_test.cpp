@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "../tools/tool_support.h"
 #include "preload_support.h"
 
 namespace {
@@ -389,19 +390,13 @@ TEST_CASE("small blocks with a large alignment and large blocks mapped around th
   // mappings kept the top of their padding. A child, so that such a report fails this test
   // instead of ending the suite.
   ChildResult r = run_in_child([] {
-    uint64_t state = 88172645463325252u;
-    auto next = [&state] {
-      state ^= state << 13;
-      state ^= state >> 7;
-      state ^= state << 17;
-      return state;
-    };
+    Rng rng{88172645463325252u};
     constexpr int kSlots = 32;
     void* slots[kSlots] = {};
     for (int round = 0; round < 20000; ++round) {
-      int k = static_cast<int>(next() % kSlots);
+      int k = static_cast<int>(rng.next() % kSlots);
       free(slots[k]);
-      uint64_t r = next();
+      uint64_t r = rng.next();
       slots[k] = r % 3 == 0 ? memalign_fn(size_t{16384} << (r >> 8) % 7, 1 + (r >> 16) % 4096)
                             : malloc((size_t{1} << 20) + 4096 * (1 + (r >> 8) % 512));
       if (slots[k] == nullptr) _exit(3);

@@ -1,5 +1,5 @@
-// What the stand-alone test tools (memory_return, soak) share: the process's resident size and a
-// small random generator that never allocates.
+// What the stand-alone test tools (memory_return, soak) share, and the suites may use: the
+// process's resident size and a small random generator that never allocates.
 #pragma once
 
 #include <cstdint>
