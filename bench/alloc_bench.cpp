@@ -310,6 +310,7 @@ Result large(const Options& o) {
   // KiB of pages touched in the blocks held now: counted down before a free and up after the
   // touches, so it never counts more than is resident.
   static std::atomic<long> live_kb{0}, live_peak_kb{0};
+  static const long page_kb = sysconf(_SC_PAGESIZE) / 1024;
   double s = run_threads(o, total, [](int t, uint64_t n) {
     Rng rng(static_cast<uint64_t>(t) + 5);
     void* held[4] = {};
@@ -325,7 +326,7 @@ Result large(const Options& o) {
       held[k] = malloc(size);
       auto* bytes = static_cast<volatile char*>(held[k]);
       for (size_t off = 0; off < size; off += 256 * 1024) bytes[off] = 1;
-      held_kb[k] = static_cast<long>((size + 256 * 1024 - 1) / (256 * 1024)) * (sysconf(_SC_PAGESIZE) / 1024);
+      held_kb[k] = static_cast<long>((size + 256 * 1024 - 1) / (256 * 1024)) * page_kb;
       long now = live_kb.fetch_add(held_kb[k]) + held_kb[k];
       for (long peak = live_peak_kb.load(); now > peak && !live_peak_kb.compare_exchange_weak(peak, now);) {
       }
