@@ -77,10 +77,20 @@ static_assert(kLayout.home[1] * sizeof(uint64_t) <= 2 * 4096, "the headers and t
 // Capacities move: a class starts with its initial room in the nursery (less if the budget
 // cannot hold that for every class), grows by a batch on misses (record_miss) while the CPU's
 // total stays within FASTMALLOC_CPU_CACHE_SIZE (g_budget_bytes), up to max_room_of(), moving
-// home when it outgrows its nursery room, and gives back half its room above the initial one
+// home when it outgrows its nursery room, and gives back half its room above its quiet floor
 // when it went a whole period without a miss (scan_slabs).
 uint16_t g_initial_room[kNumClasses];
 uint64_t g_budget_bytes;
+
+// The least room a class that stops missing is shrunk to: 8 KiB of objects (at least one), or
+// its initial room if that is less. Below its initial room, because each object a cache holds
+// keeps its span resident, and a class that a program uses a little (a few blocks of it live)
+// has no use for a batch of 32 KiB sitting on each CPU; if it misses again, it grows again.
+int quiet_floor_of(unsigned cls) {
+  size_t n = 8192 / size_class_detail::size_of_class(cls);
+  if (n < 1) n = 1;
+  return n < g_initial_room[cls] ? static_cast<int>(n) : g_initial_room[cls];
+}
 
 uint64_t class_bytes(unsigned cls, uint64_t objects) { return objects * size_class_detail::size_of_class(cls); }
 
@@ -466,7 +476,7 @@ bool slab_holds_objects(uint32_t index) {
 
 // Once per period. A slab untouched since the last scan (a CPU, or mm_cid, gone idle) that
 // holds objects is drained; in the others, each class that went the whole period without a
-// miss gives back half its room above its initial capacity, for the classes that miss. Both
+// miss gives back half its room above its quiet floor, for the classes that miss. Both
 // need the slab stopped and fenced in rseq mode; slabs whose lock is busy wait for the next scan.
 // Holds g_scan_lock: scan_action is the scan's own note on the slabs it stopped.
 void scan_slabs_locked() {
@@ -487,9 +497,9 @@ void scan_slabs_locked() {
       control.alloc_misses[cls].store(0, std::memory_order_relaxed);
       control.free_misses[cls].store(0, std::memory_order_relaxed);
       uint16_t begin = control.begin[cls].load(std::memory_order_relaxed);
-      int room = control.end[cls].load(std::memory_order_relaxed) - begin, initial = g_initial_room[cls];
-      bool shrinks = misses == 0 && room > initial;
-      control.shrink_to[cls] = shrinks ? static_cast<uint16_t>(begin + initial + (room - initial) / 2) : 0;
+      int room = control.end[cls].load(std::memory_order_relaxed) - begin, floor = quiet_floor_of(cls);
+      bool shrinks = misses == 0 && room > floor;
+      control.shrink_to[cls] = shrinks ? static_cast<uint16_t>(begin + floor + (room - floor) / 2) : 0;
       shrink |= control.shrink_to[cls] != 0;
     }
     if (!idle && !shrink) {

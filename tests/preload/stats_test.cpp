@@ -218,6 +218,51 @@ TEST_CASE("a class that misses both ways grows, and gives the room back once it 
   }
 }
 
+TEST_CASE("a class that stops missing keeps less than its first room on a CPU") {
+  if (!in_fresh_process("a class that stops missing*")) return;
+  stay_on_this_cpu();
+  // 1000-byte blocks (class 1024): a first room of 32 objects (one transfer batch), which they
+  // fill when freed; a class that does not miss is shrunk towards 8 of them (8 KiB).
+  constexpr size_t kSize = 1000;
+  constexpr int kBlocks = 32;
+  void* blocks[kBlocks];
+  for (void*& p : blocks) p = malloc(kSize);
+  for (void* p : blocks) free(p);
+
+  // As above: the CPU stays busy with small blocks while the class sits unused for three periods.
+  // The ring's length varies widely, so that the slab never reads the same at two scans (it
+  // would count as idle and be drained, which empties the class too).
+  std::vector<void*> ring;
+  ring.reserve(512);
+  std::mt19937_64 rng(11);
+  auto begin = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - begin < std::chrono::milliseconds(3500)) {
+    size_t want = 20 + rng() % 400;
+    while (ring.size() < want) ring.push_back(malloc(16));
+    while (ring.size() > want) {
+      free(ring.back());
+      ring.pop_back();
+    }
+    void* volatile big = malloc(100 << 10);
+    free(big);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  for (void* p : ring) free(p);
+
+  // The class's share of the cache, seen through its misses: a room of 32 would serve all 32
+  // blocks again without one.
+  size_t misses_before = property("cpu_cache_alloc_misses");
+  for (void*& p : blocks) p = malloc(kSize);
+  size_t misses = property("cpu_cache_alloc_misses") - misses_before;
+  for (void* p : blocks) free(p);
+  INFO("misses taking the 32 blocks again: " << misses);
+  if (property("remote_drain") == 1) {
+    REQUIRE(misses >= 1);
+  } else {
+    REQUIRE(misses == 0);  // no slab can be stopped: room is never taken back
+  }
+}
+
 TEST_CASE("a class's first refill on a CPU brings a page of objects, not a whole batch") {
   stay_on_this_cpu();
   // 3500-byte blocks (class 3584): a transfer batch is 9 of them, 4 KiB holds one.
