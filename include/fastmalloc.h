@@ -20,8 +20,10 @@
 extern "C" {
 #endif
 
-/* Prints the allocator's statistics to stderr, one "fastmalloc: ..." line per level: the same
- * text as malloc_stats() and as FASTMALLOC_STATS=1 at exit. Safe to call from any thread. */
+/* Prints the allocator's statistics to stderr, one "fastmalloc: ..." line per level and one per
+ * size class that owns spans (in objects: those in use, in the per-CPU and transfer caches, and
+ * free in its spans): the same text as malloc_stats() and as FASTMALLOC_STATS=1 at exit. Safe
+ * to call from any thread. */
 void fastmalloc_stats_print(void) FASTMALLOC_NOEXCEPT;
 
 /* Gives back to the OS all the memory it can now, as malloc_trim(0) does: empties the per-CPU

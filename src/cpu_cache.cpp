@@ -709,6 +709,7 @@ CacheStats cache_stats() {
       uint64_t header = arch::load_header(s, cls);
       if (arch::header_begin(header) == arch::kStoppedBegin) continue;  // stopped for a drain
       uint64_t objects = arch::header_current(header) - arch::header_begin(header);
+      stats.class_objects[cls] += objects;
       stats.cached_bytes += uint64_t{size_class(cls).size} * objects;
     }
   }

@@ -79,6 +79,7 @@ struct CacheStats {
   bool hits_counted;  // hits are counted only under FASTMALLOC_STATS=1; otherwise they read 0
   uint64_t alloc_hits, alloc_misses, free_hits, free_misses;
   uint64_t cached_bytes;  // objects sitting in the slabs now
+  uint64_t class_objects[kNumClasses];  // the same, counted in objects per size class
   uint32_t slabs_in_use;  // slabs set up: CPUs (or mm_cids) that have allocated
   uint64_t resident_bytes;  // of those slabs' memory, what is resident (a drain gives slots back)
   bool can_drain_remote;

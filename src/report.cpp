@@ -16,22 +16,31 @@ namespace {
 size_t minus(size_t a, size_t b) { return a > b ? a - b : 0; }  // counters read while threads run
 }  // namespace
 
+uint64_t ClassTotals::in_use() const { return minus(central.live_objects, cpu_cached + transfer.stocked); }
+
+uint64_t ClassTotals::free_in_spans(const SizeClass& sc) const {
+  return minus(central.spans * sc.objects, central.live_objects);
+}
+
+ClassTotals class_totals(unsigned cls, const CacheStats& cache) {
+  return ClassTotals{central_list(cls).stats(), transfer_cache(cls).stats(), cache.class_objects[cls]};
+}
+
 Totals gather_totals() {
   Totals t{};
-  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    CentralStats c = central_list(cls).stats();
-    TransferStats x = transfer_cache(cls).stats();
-    const SizeClass& sc = size_class(cls);
-    t.small_live_objects += c.live_objects;
-    t.small_in_use_bytes += c.live_objects * sc.size;
-    t.transfer_cache_bytes += x.stocked * sc.size;
-    t.small_span_bytes += c.spans * sc.pages * kPageSize;
-    t.small_allocations += c.allocations;
-    t.span_misses += c.span_misses;
-    t.transfer_hits += x.hits;
-    t.transfer_misses += x.misses;
-  }
   t.cache = cache_stats();
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    ClassTotals c = class_totals(cls, t.cache);
+    const SizeClass& sc = size_class(cls);
+    t.small_in_use_objects += c.in_use();
+    t.small_in_use_bytes += c.central.live_objects * sc.size;
+    t.transfer_cache_bytes += c.transfer.stocked * sc.size;
+    t.small_span_bytes += c.central.spans * sc.pages * kPageSize;
+    t.small_allocations += c.central.allocations;
+    t.span_misses += c.central.span_misses;
+    t.transfer_hits += c.transfer.hits;
+    t.transfer_misses += c.transfer.misses;
+  }
   t.mode = cache_mode_name(cache_mode());
   // Objects in the caches count as handed out for the central lists, but the program does not
   // hold them.
@@ -65,6 +74,15 @@ void print_stats() {
   m.text(" mapped_bytes=").dec(t.heap.system_bytes).text(" free_bytes=").dec(t.heap.free_bytes);
   m.text(" released_bytes=").dec(t.heap.released_bytes).text(" free_spans=").dec(t.heap.free_spans).text("\n").flush();
   m.text("fastmalloc: metadata_bytes=").dec(t.metadata_bytes).text("\n").flush();
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    ClassTotals c = class_totals(cls, t.cache);
+    if (c.central.spans == 0) continue;
+    const SizeClass& sc = size_class(cls);
+    m.text("fastmalloc: size_class=").dec(sc.size).text(" spans=").dec(c.central.spans);
+    m.text(" in_use=").dec(c.in_use()).text(" cpu_cached=").dec(c.cpu_cached);
+    m.text(" transfer_cached=").dec(c.transfer.stocked).text(" free_in_spans=").dec(c.free_in_spans(sc));
+    m.text("\n").flush();
+  }
 }
 
 bool lookup_property(const Totals& t, const char* name, size_t* value) {
@@ -97,11 +115,26 @@ bool lookup_property(const Totals& t, const char* name, size_t* value) {
   return false;
 }
 
+// glibc's <sizes> lists its bins of free chunks; here each size class that owns spans: the
+// requests it serves (from, to), its free objects wherever they wait (count, and total bytes),
+// and, beyond glibc's attributes, the objects in use and the spans.
 int write_malloc_info(FILE* out) {
   Totals t = gather_totals();
+  if (fprintf(out, "<malloc version=\"fastmalloc-1\">\n<heap nr=\"0\">\n<sizes>\n") < 0) return -1;
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    ClassTotals c = class_totals(cls, t.cache);
+    if (c.central.spans == 0) continue;
+    const SizeClass& sc = size_class(cls);
+    uint64_t from = cls == 1 ? 1 : size_class(cls - 1).size + 1;
+    uint64_t free_objects = c.cpu_cached + c.transfer.stocked + c.free_in_spans(sc);
+    if (fprintf(out, "<size from=\"%llu\" to=\"%u\" total=\"%llu\" count=\"%llu\" in_use=\"%llu\" spans=\"%llu\"/>\n",
+                static_cast<unsigned long long>(from), sc.size, static_cast<unsigned long long>(free_objects * sc.size),
+                static_cast<unsigned long long>(free_objects), static_cast<unsigned long long>(c.in_use()),
+                static_cast<unsigned long long>(c.central.spans)) < 0)
+      return -1;
+  }
   int n = fprintf(out,
-                  "<malloc version=\"fastmalloc-1\">\n"
-                  "<heap nr=\"0\">\n"
+                  "</sizes>\n"
                   "<total type=\"small\" count=\"%zu\" size=\"%zu\"/>\n"
                   "<total type=\"free\" count=\"%zu\" size=\"%zu\"/>\n"
                   "<total type=\"cached\" size=\"%zu\"/>\n"
@@ -111,7 +144,7 @@ int write_malloc_info(FILE* out) {
                   "</heap>\n"
                   "<system type=\"metadata\" size=\"%zu\"/>\n"
                   "</malloc>\n",
-                  t.small_live_objects, t.small_in_use_bytes, t.heap.free_spans, t.heap.free_bytes + t.small_free_bytes,
+                  t.small_in_use_objects, t.small_in_use_bytes, t.heap.free_spans, t.heap.free_bytes + t.small_free_bytes,
                   t.cache.cached_bytes + t.transfer_cache_bytes, t.heap.large_count, t.heap.large_bytes, t.heap.system_bytes,
                   t.heap.released_bytes, t.metadata_bytes);
   return n < 0 ? -1 : 0;

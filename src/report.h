@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "central_free_list.h"
 #include "cpu_cache.h"
 #include "page_heap.h"
+#include "transfer_cache.h"
 
 namespace fastmalloc {
 
@@ -17,7 +19,7 @@ struct Totals {
   PageHeapStats heap;
   const char* mode;
   // Summed over the size classes' transfer caches and central lists.
-  size_t small_live_objects;   // handed out by the central lists (caches included)
+  size_t small_in_use_objects; // small blocks the program holds
   size_t small_in_use_bytes;   // held by the program: handed out, less what the caches hold
   size_t transfer_cache_bytes; // free objects in the transfer caches
   size_t small_free_bytes;     // free objects inside spans that small classes own
@@ -29,8 +31,22 @@ struct Totals {
 
 Totals gather_totals();
 
-// The statistics text, one "fastmalloc: ..." line per level, on stderr (FASTMALLOC_STATS=1 and
-// malloc_stats()).
+// One size class, as its central list, its transfer cache and the per-CPU caches see it. The
+// counters are read while other threads run, so the differences below are clamped at zero.
+struct ClassTotals {
+  CentralStats central;
+  TransferStats transfer;
+  uint64_t cpu_cached;  // objects in the per-CPU caches
+  // Objects the program holds: the central list's live ones, less those the caches hold.
+  uint64_t in_use() const;
+  // Objects of the class's spans that nobody holds, never-carved ones included (cached ones
+  // count as live for the central list, so they are not among them).
+  uint64_t free_in_spans(const SizeClass& sc) const;
+};
+ClassTotals class_totals(unsigned cls, const CacheStats& cache);
+
+// The statistics text, one "fastmalloc: ..." line per level and then one per size class that
+// owns spans, on stderr (FASTMALLOC_STATS=1 and malloc_stats()).
 void print_stats();
 
 // fastmalloc_get_property's answer for `name`; false for an unknown name.

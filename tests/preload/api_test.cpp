@@ -4,12 +4,14 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <malloc.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -447,8 +449,37 @@ TEST_CASE("the __libc_ names and cfree work like the plain ones") {
   cfree_fn(q);
 }
 
+namespace {
+
+std::string malloc_info_text() {
+  char* text = nullptr;
+  size_t len = 0;
+  FILE* out = open_memstream(&text, &len);
+  REQUIRE(malloc_info(0, out) == 0);
+  fclose(out);
+  std::string xml(text, len);
+  free(text);
+  return xml;
+}
+
+// The value of attribute `name` in the first element of `xml` that contains `key`; -1 if none.
+long long xml_attribute(const std::string& xml, const std::string& key, const std::string& name) {
+  size_t at = xml.find(key);
+  if (at == std::string::npos) return -1;
+  size_t end = xml.find("/>", at);
+  size_t attr = xml.find(" " + name + "=\"", at);
+  if (attr == std::string::npos || attr > end) return -1;
+  return atoll(xml.c_str() + attr + name.size() + 3);
+}
+
+}  // namespace
+
 TEST_CASE("mallinfo2 and malloc_info report what is allocated") {
   struct mallinfo2 before = mallinfo2();
+  // 1000-byte blocks come from the 1024-byte class, or the next one up in hardened mode.
+  const std::string kClass1024 = hardened() ? "<size from=\"1025\" to=\"1280\"" : "<size from=\"897\" to=\"1024\"";
+  const long long kClassSize = hardened() ? 1280 : 1024;
+  long long in_use_before = std::max(0LL, xml_attribute(malloc_info_text(), kClass1024, "in_use"));
   std::vector<void*> blocks;
   for (int i = 0; i < 1000; ++i) blocks.push_back(malloc_fn(1000));
   void* large = malloc_fn(8 << 20);
@@ -462,15 +493,16 @@ TEST_CASE("mallinfo2 and malloc_info report what is allocated") {
   REQUIRE(static_cast<size_t>(old.uordblks) == wide.uordblks);
   REQUIRE(static_cast<size_t>(old.hblks) == wide.hblks);
 
-  char* text = nullptr;
-  size_t len = 0;
-  FILE* out = open_memstream(&text, &len);
-  REQUIRE(malloc_info(0, out) == 0);
-  fclose(out);
-  std::string xml(text, len);
-  free(text);
+  std::string xml = malloc_info_text();
+  INFO(xml);
   REQUIRE(xml.find("<malloc version=\"fastmalloc-1\">") == 0);
   REQUIRE(xml.find("type=\"mmap\" count=\"") != std::string::npos);
+  REQUIRE(xml_attribute(xml, "type=\"small\"", "count") >= 1000);
+  // The class of the 1000 blocks: they are in use, and its free objects are whole objects.
+  REQUIRE(xml_attribute(xml, kClass1024, "in_use") >= in_use_before + 1000);
+  REQUIRE(xml_attribute(xml, kClass1024, "total") == kClassSize * xml_attribute(xml, kClass1024, "count"));
+  const long long per_span = hardened() ? 12 : 8;  // a span of 16 KiB, or of 8 KiB
+  REQUIRE(xml_attribute(xml, kClass1024, "spans") * per_span >= 1000);
   REQUIRE(malloc_info(1, stdout) == -1);
 
   for (void* p : blocks) free(p);
@@ -478,7 +510,37 @@ TEST_CASE("mallinfo2 and malloc_info report what is allocated") {
   struct mallinfo2 after = mallinfo2();
   REQUIRE(after.uordblks <= during.uordblks - 1000 * 1000);
   REQUIRE(after.hblks == before.hblks);
+  std::string freed = malloc_info_text();
+  INFO(freed);
+  REQUIRE(xml_attribute(freed, kClass1024, "in_use") <= xml_attribute(xml, kClass1024, "in_use") - 1000);
   REQUIRE(mallopt(M_ARENA_MAX, 1) == 1);
+}
+
+TEST_CASE("malloc_stats prints a line per size class that adds up") {
+  ChildResult r = run_in_child([] {
+    std::vector<void*> blocks;
+    for (int i = 0; i < 100; ++i) blocks.push_back(malloc_fn(3000));
+    for (int i = 0; i < 100; i += 2) free(blocks[i]);
+    malloc_stats();
+    _exit(0);
+  });
+  INFO(r.err);
+  REQUIRE(r.exited);
+  REQUIRE(r.err.find("fastmalloc: mode=") == 0);
+  // 3000-byte blocks come from the 3072-byte class (8 to a span of 24 KiB), or in hardened mode
+  // from the next one up, 3584 (9 to a span of 32 KiB).
+  const std::string line = hardened() ? "fastmalloc: size_class=3584 " : "fastmalloc: size_class=3072 ";
+  const unsigned long long per_span = hardened() ? 9 : 8;
+  size_t at = r.err.find(line);
+  REQUIRE(at != std::string::npos);
+  unsigned long long spans = 0, in_use = 0, cpu_cached = 0, transfer_cached = 0, free_in_spans = 0;
+  REQUIRE(sscanf(r.err.c_str() + at + line.size(),
+                 "spans=%llu in_use=%llu cpu_cached=%llu transfer_cached=%llu free_in_spans=%llu", &spans, &in_use,
+                 &cpu_cached, &transfer_cached, &free_in_spans) == 5);
+  REQUIRE(in_use >= 50);
+  REQUIRE(cpu_cached + transfer_cached + free_in_spans >= 50);
+  // Each object of the class's spans is counted in exactly one of the four.
+  REQUIRE(in_use + cpu_cached + transfer_cached + free_in_spans == per_span * spans);
 }
 
 TEST_CASE("malloc_trim gives free pages back") {
