@@ -78,14 +78,19 @@ static_assert(kLayout.home[1] * sizeof(uint64_t) <= 2 * 4096, "the headers and t
 // cannot hold that for every class), grows by a batch on misses (record_miss) while the CPU's
 // total stays within FASTMALLOC_CPU_CACHE_SIZE (g_budget_bytes), up to max_room_of(), moving
 // home when it outgrows its nursery room, and gives back half its room above its quiet floor
-// when it went a whole period without a miss (scan_slabs).
+// when it went a whole period with fewer than kBusyMisses misses (scan_slabs).
 uint16_t g_initial_room[kNumClasses];
 uint64_t g_budget_bytes;
 
-// The least room a class that stops missing is shrunk to: 8 KiB of objects (at least one), or
-// its initial room if that is less. Below its initial room, because each object a cache holds
-// keeps its span resident, and a class that a program uses a little (a few blocks of it live)
-// has no use for a batch of 32 KiB sitting on each CPU; if it misses again, it grows again.
+// The misses in one period (both kinds together) from which a class is busy: room saves it
+// time. Below that its misses cost next to nothing (a few dozen microseconds a period at most)
+// while every object its room holds keeps a span resident: it does not grow, and it shrinks.
+constexpr uint32_t kBusyMisses = 16;
+
+// The least room a class that is not busy is shrunk to: 8 KiB of objects (at least one), or
+// its initial room if that is less. Below its initial room, because a class that a program uses
+// a little (a few blocks of it live) has no use for a batch of 32 KiB sitting on each CPU; if
+// it gets busy, it grows again.
 int quiet_floor_of(unsigned cls) {
   size_t n = 8192 / size_class_detail::size_of_class(cls);
   if (n < 1) n = 1;
@@ -250,7 +255,8 @@ bool move_home(uint32_t index, unsigned cls, uint16_t begin, uint16_t end, uint1
 // A miss on slab `index` (a pop if `alloc`, else a push): counts it, and grows the class by a
 // batch if it has missed both ways since the last scan (its objects come and go, and the room
 // was too small to absorb that; a class that only ever fills or only ever empties, like either
-// end of a producer/consumer pair, would gain nothing) and the CPU's budget allows. Growth past
+// end of a producer/consumer pair, would gain nothing), kBusyMisses times in all, and the CPU's
+// budget allows. Growth past
 // the nursery room moves the class home (move_home); the rest only raises `end`, so a section
 // that read the old header commits within the old bounds. The slab's lock keeps a
 // drain or scan from being undone. `locked`: the caller holds it (locked mode). Returns the
@@ -261,7 +267,8 @@ uint32_t record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
   std::atomic<uint32_t>& other = alloc ? control.free_misses[cls] : control.alloc_misses[cls];
   uint32_t misses = mine.load(std::memory_order_relaxed) + 1;
   mine.store(misses, std::memory_order_relaxed);
-  if (other.load(std::memory_order_relaxed) == 0) return misses;
+  uint32_t other_misses = other.load(std::memory_order_relaxed);
+  if (other_misses == 0 || misses + other_misses < kBusyMisses) return misses;
   auto begin_now = [&] { return control.begin[cls].load(std::memory_order_relaxed); };
   auto end_now = [&] { return control.end[cls].load(std::memory_order_relaxed); };
   if (end_now() - begin_now() >= max_room_of(cls)) return misses;  // full grown
@@ -475,8 +482,8 @@ bool slab_holds_objects(uint32_t index) {
 }
 
 // Once per period. A slab untouched since the last scan (a CPU, or mm_cid, gone idle) that
-// holds objects is drained; in the others, each class that went the whole period without a
-// miss gives back half its room above its quiet floor, for the classes that miss. Both
+// holds objects is drained; in the others, each class that missed fewer than kBusyMisses times
+// gives back half its room above its quiet floor, for the classes that miss. Both
 // need the slab stopped and fenced in rseq mode; slabs whose lock is busy wait for the next scan.
 // Holds g_scan_lock: scan_action is the scan's own note on the slabs it stopped.
 void scan_slabs_locked() {
@@ -498,7 +505,7 @@ void scan_slabs_locked() {
       control.free_misses[cls].store(0, std::memory_order_relaxed);
       uint16_t begin = control.begin[cls].load(std::memory_order_relaxed);
       int room = control.end[cls].load(std::memory_order_relaxed) - begin, floor = quiet_floor_of(cls);
-      bool shrinks = misses == 0 && room > floor;
+      bool shrinks = misses < kBusyMisses && room > floor;
       control.shrink_to[cls] = shrinks ? static_cast<uint16_t>(begin + floor + (room - floor) / 2) : 0;
       shrink |= control.shrink_to[cls] != 0;
     }
