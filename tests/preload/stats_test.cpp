@@ -56,6 +56,30 @@ void stay_on_this_cpu() {
   sched_setaffinity(0, sizeof set, &set);
 }
 
+// Keeps this CPU's cache busy with small blocks (so the slab is not idle, only the class under
+// test is) and takes a slow path often (a block too large for the caches, which runs the
+// periodic scan), for three scan periods. The ring's length varies widely, so that the slab
+// never reads the same at two scans (it would count as idle and be drained, which empties every
+// class).
+void keep_this_cpu_busy_for_three_scans(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<void*> ring;
+  ring.reserve(512);
+  auto begin = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - begin < std::chrono::milliseconds(3500)) {
+    size_t want = 20 + rng() % 400;
+    while (ring.size() < want) ring.push_back(malloc(16));
+    while (ring.size() > want) {
+      free(ring.back());
+      ring.pop_back();
+    }
+    void* volatile big = malloc(100 << 10);
+    free(big);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  for (void* p : ring) free(p);
+}
+
 }  // namespace
 
 TEST_CASE("allocated bytes go up by what threads allocate and back down when others free it") {
@@ -188,24 +212,7 @@ TEST_CASE("a class that misses both ways grows, and gives the room back once it 
   INFO("cached: " << start << " at start, " << full << " after the rounds");
   REQUIRE(full >= start + 12 * kClassSize);
 
-  // Keep this CPU's cache busy with small blocks (so the cache is not idle, only this class is)
-  // and take a slow path often (a block too large for the caches), for three scan periods.
-  std::mt19937_64 rng(9);
-  std::vector<void*> ring;
-  ring.reserve(64);
-  auto begin = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - begin < std::chrono::milliseconds(3500)) {
-    size_t want = 20 + rng() % 40;
-    while (ring.size() < want) ring.push_back(malloc(16));
-    while (ring.size() > want) {
-      free(ring.back());
-      ring.pop_back();
-    }
-    void* volatile big = malloc(100 << 10);
-    free(big);
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  for (void* p : ring) free(p);
+  keep_this_cpu_busy_for_three_scans(9);
   // Absolute figures: a scan may also empty what other classes held at the start.
   size_t after = property("cpu_cache_bytes");
   INFO("after the idle period: " << after);
@@ -230,25 +237,7 @@ TEST_CASE("a class that stops missing keeps less than its first room on a CPU") 
   for (void*& p : blocks) p = malloc(kSize);
   for (void* p : blocks) free(p);
 
-  // As above: the CPU stays busy with small blocks while the class sits unused for three periods.
-  // The ring's length varies widely, so that the slab never reads the same at two scans (it
-  // would count as idle and be drained, which empties the class too).
-  std::vector<void*> ring;
-  ring.reserve(512);
-  std::mt19937_64 rng(11);
-  auto begin = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - begin < std::chrono::milliseconds(3500)) {
-    size_t want = 20 + rng() % 400;
-    while (ring.size() < want) ring.push_back(malloc(16));
-    while (ring.size() > want) {
-      free(ring.back());
-      ring.pop_back();
-    }
-    void* volatile big = malloc(100 << 10);
-    free(big);
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  for (void* p : ring) free(p);
+  keep_this_cpu_busy_for_three_scans(11);
 
   // The class's share of the cache, seen through its misses: a room of 32 would still hold the
   // 16 blocks and serve them again without one.
