@@ -255,11 +255,10 @@ bool move_home(uint32_t index, unsigned cls, uint16_t begin, uint16_t end, uint1
 // A miss on slab `index` (a pop if `alloc`, else a push): counts it, and grows the class by a
 // batch if it has missed both ways since the last scan (its objects come and go, and the room
 // was too small to absorb that; a class that only ever fills or only ever empties, like either
-// end of a producer/consumer pair, would gain nothing), kBusyMisses times in all, and the CPU's
-// budget allows. Growth past
-// the nursery room moves the class home (move_home); the rest only raises `end`, so a section
-// that read the old header commits within the old bounds. The slab's lock keeps a
-// drain or scan from being undone. `locked`: the caller holds it (locked mode). Returns the
+// end of a producer/consumer pair, would gain nothing), kBusyMisses times in all, and the
+// CPU's budget allows. Growth past the nursery room moves the class home (move_home); the rest
+// only raises `end`, so a section that read the old header commits within the old bounds. The
+// slab's lock keeps a drain or scan from being undone. `locked`: the caller holds it (locked mode). Returns the
 // misses of this kind since the last scan, this one included.
 uint32_t record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
   SlabControl& control = g_control[index];
