@@ -20,7 +20,7 @@ struct Millis {  // a duration in milliseconds: digits with an optional ms or s 
   X(bool, stats, "STATS", false, "print allocator statistics to stderr at exit; counts cache hits (slower)") \
   X(bool, rseq, "RSEQ", true, "use restartable sequences for the per-CPU caches (off: locked per-CPU caches)") \
   X(Bytes, cpu_cache_size, "CPU_CACHE_SIZE", Bytes{4 << 20}, \
-    "most bytes of free blocks each CPU's cache has room for; classes that miss grow into it") \
+    "most bytes of free blocks each CPU's cache has room for; classes that miss often grow into it") \
   X(Millis, decay, "DECAY", Millis{1000}, \
     "free pages unused this long go back to the OS (0: at once); beyond 32M plus a quarter of the heap in use, sooner") \
   X(bool, harden, "HARDEN", false, \
