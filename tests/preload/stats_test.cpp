@@ -230,7 +230,7 @@ TEST_CASE("a class that stops missing keeps less than its first room on a CPU") 
   stay_on_this_cpu();
   // 1000-byte blocks (class 1024): a first room of 32 objects (one transfer batch). Sixteen of
   // them, with what the refills left, fit in it when freed (no free misses: it does not grow);
-  // a class that does not miss is shrunk towards 8 of them (8 KiB).
+  // a class that misses fewer than 16 times in a period is shrunk towards 8 of them (8 KiB).
   constexpr size_t kSize = 1000;
   constexpr int kBlocks = 16;
   void* blocks[kBlocks];
