@@ -258,8 +258,8 @@ bool move_home(uint32_t index, unsigned cls, uint16_t begin, uint16_t end, uint1
 // end of a producer/consumer pair, would gain nothing), kBusyMisses times in all, and the
 // CPU's budget allows. Growth past the nursery room moves the class home (move_home); the rest
 // only raises `end`, so a section that read the old header commits within the old bounds. The
-// slab's lock keeps a drain or scan from being undone. `locked`: the caller holds it (locked mode). Returns the
-// misses of this kind since the last scan, this one included.
+// slab's lock keeps a drain or scan from being undone. `locked`: the caller holds it (locked
+// mode). Returns the misses of this kind since the last scan, this one included.
 uint32_t record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
   SlabControl& control = g_control[index];
   std::atomic<uint32_t>& mine = alloc ? control.alloc_misses[cls] : control.free_misses[cls];
