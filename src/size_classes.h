@@ -1,12 +1,19 @@
 // Size classes: the fixed set of object sizes small requests are rounded up to, and for each
 // the span (run of pages) its objects are carved from.
 //
-// Classes: 8; 16 to 128 in steps of 16; then four classes per power of two (for sizes in
-// (2^k, 2^(k+1)] the step is 2^(k-2)), but eight between 4 and 8 KiB, up to kMaxSmallSize =
-// 1 MiB. Every class from 16 up is a multiple of 16, so objects carved from a page-aligned span
-// are 16-byte aligned; every power of two is a class, so an aligned request can be served by a
-// class that is a multiple of the alignment. Rounding wastes less than 1/4 of a request above
-// 128 bytes (one step over the smallest size of its group), and at most 15 bytes below.
+// Classes: 8; 16 to 128 in steps of 16; then, for the sizes in each group (2^k, 2^(k+1)], four
+// classes a quarter of 2^k apart (2^k + 2^(k-2), ... 2^(k+1)), up to kMaxSmallSize = 1 MiB.
+// Two refinements, for what programs ask for:
+//   - from 512 bytes to 32 KiB, each group has a class at 2^k + 2^(k-3), for the common request
+//     of a power of two plus a small header (SQLite asks for 16,000 blocks of 1032 bytes at once,
+//     which the 1280 class would round up by a quarter);
+//   - (4 KiB, 8 KiB] has eight classes, 512 bytes apart (SQLite's page cache asks 4368 bytes a
+//     page: 5% over in the 4608 class, 17% in 5120).
+// Every class from 16 up is a multiple of 16, so objects carved from a page-aligned span are
+// 16-byte aligned; every power of two is a class, so an aligned request can be served by a class
+// that is a multiple of the alignment. Rounding wastes less than 1/4 of a request above 128
+// bytes (one step over the smallest size of its group), at most 1/8 just above a power of two
+// from 512 bytes to 16 KiB, and at most 15 bytes below 128.
 //
 // Why 1 MiB: a block above it gets its own mapping and is unmapped on free, so every new one
 // costs an mmap, a munmap and a page fault per page touched. Up to 1 MiB (the buffers that
@@ -26,7 +33,7 @@ namespace fastmalloc {
 
 inline constexpr size_t kMaxSmallSize = 1024 * 1024;
 inline constexpr size_t kMaxLookupSize = 1024;  // classes up to here come from a table
-inline constexpr unsigned kNumClasses = 66;  // 1..65 are classes
+inline constexpr unsigned kNumClasses = 71;  // 1..70 are classes
 
 // 32 bytes, so a class's entry is found with one shift, and free's check (is_object_boundary)
 // compares and multiplies with its two 64-bit fields in place, without loading them first.
@@ -41,30 +48,56 @@ static_assert(sizeof(SizeClass) == 32);
 
 namespace size_class_detail {
 
-// (4 KiB, 8 KiB] has eight classes, 512 bytes apart: buffers of a page plus a header waste at
-// most an eighth there instead of a quarter (SQLite's page cache asks 4368 bytes a page: 5% over
-// in the 4608 class, 17% in 5120).
-inline constexpr unsigned kFineLg = 12, kFineFirst = 10 + (kFineLg - 7) * 4, kFineClasses = 8;
+// Group lg holds the sizes (2^lg, 2^(lg+1)]. Groups kHeaderLg to kLastHeaderLg start with a
+// header class at 2^lg + 2^(lg-3); group kFineLg has eight classes 2^(lg-3) apart instead.
+// The header classes stop below the classes of one block per span (from 40 KiB), whose spans
+// are whole pages anyway: a 36 KiB class would take the 40 KiB class's five pages.
+inline constexpr unsigned kFirstGroupLg = 7, kFirstGroupClass = 10;
+inline constexpr unsigned kHeaderLg = 9, kLastHeaderLg = 14, kFineLg = 12, kLastGroupLg = 19;
+
+constexpr bool has_header_class(unsigned lg) { return lg >= kHeaderLg && lg <= kLastHeaderLg && lg != kFineLg; }
+constexpr unsigned classes_in_group(unsigned lg) { return lg == kFineLg ? 8 : has_header_class(lg) ? 5 : 4; }
+
+struct GroupFirsts {
+  uint8_t of[kLastGroupLg + 2];  // the first class of each group; of[kLastGroupLg + 1] = kNumClasses
+};
+constexpr GroupFirsts make_group_firsts() {
+  GroupFirsts firsts{};
+  unsigned cls = kFirstGroupClass;
+  for (unsigned lg = kFirstGroupLg; lg <= kLastGroupLg + 1; ++lg) {
+    firsts.of[lg] = static_cast<uint8_t>(cls);
+    cls += classes_in_group(lg);
+  }
+  return firsts;
+}
+inline constexpr GroupFirsts kGroupFirsts = make_group_firsts();
 
 constexpr size_t size_of_class(unsigned cls) {
   if (cls == 1) return 8;
-  if (cls <= 9) return 16 * (cls - 1);
-  if (cls >= kFineFirst && cls < kFineFirst + kFineClasses)
-    return (size_t{1} << kFineLg) + (cls - kFineFirst + 1) * (size_t{1} << (kFineLg - 3));
-  unsigned coarse = cls < kFineFirst ? cls : cls - (kFineClasses - 4);
-  unsigned group = (coarse - 10) / 4, step_index = (coarse - 10) % 4 + 1;
-  unsigned lg = 7 + group;
-  return (size_t{1} << lg) + step_index * (size_t{1} << (lg - 2));
+  if (cls < kFirstGroupClass) return 16 * (cls - 1);
+  unsigned lg = kFirstGroupLg;
+  while (cls >= kGroupFirsts.of[lg + 1]) ++lg;
+  size_t base = size_t{1} << lg;
+  unsigned i = cls - kGroupFirsts.of[lg];
+  if (lg == kFineLg) return base + (i + 1) * (base >> 3);
+  if (has_header_class(lg)) return i == 0 ? base + (base >> 3) : base + i * (base >> 2);
+  return base + (i + 1) * (base >> 2);
+}
+
+// Sizes above 128 (malloc's inline path computes it for the sizes above kMaxLookupSize).
+FM_ALWAYS_INLINE constexpr unsigned class_of_size_in_groups(size_t size) {
+  unsigned lg = 63u - static_cast<unsigned>(__builtin_clzll(size - 1));
+  size_t offset = size - 1 - (size_t{1} << lg);
+  unsigned eighth = static_cast<unsigned>(offset >> (lg - 3)), quarter = eighth >> 1, first = kGroupFirsts.of[lg];
+  if (lg == kFineLg) return first + eighth;
+  if (has_header_class(lg)) return first + (eighth == 0 ? 0 : quarter + 1);
+  return first + quarter;
 }
 
 constexpr unsigned class_of_size_computed(size_t size) {
   if (size <= 8) return 1;
   if (size <= 128) return static_cast<unsigned>((size + 15) >> 4) + 1;
-  unsigned lg = 63u - static_cast<unsigned>(__builtin_clzll(size - 1));
-  size_t offset = size - 1 - (size_t{1} << lg);
-  if (lg == kFineLg) return kFineFirst + static_cast<unsigned>(offset >> (lg - 3));
-  unsigned cls = 10 + (lg - 7) * 4 + static_cast<unsigned>(offset >> (lg - 2));
-  return lg > kFineLg ? cls + (kFineClasses - 4) : cls;
+  return class_of_size_in_groups(size);
 }
 
 // The smallest span that holds a few objects (up to 8, or 64 KiB worth) with at most 1/8 of it
@@ -98,6 +131,7 @@ constexpr Table make_table() {
 
 inline constexpr Table kTable = make_table();
 static_assert(size_of_class(kNumClasses - 1) == kMaxSmallSize);
+static_assert(kGroupFirsts.of[kLastGroupLg + 1] == kNumClasses);
 static_assert(class_of_size_computed(kMaxSmallSize) == kNumClasses - 1);
 static_assert(pages_for(kMaxSmallSize) <= 255 && pages_for(size_of_class(kNumClasses - 2)) <= 255);
 
@@ -117,6 +151,15 @@ inline constexpr unsigned kFirstAloneClass = [] {
 static_assert([] {
   for (unsigned cls = kFirstAloneClass; cls < kNumClasses; ++cls)
     if (size_class_detail::kTable.classes[cls].objects != 1) return false;
+  return true;
+}());
+
+// realloc resizes a block alone in its span by giving its span the pages of the new class
+// (PageHeap::extend and PageHeap::shrink, which split off the pages the block no longer needs):
+// each such class must have more pages than the one below, or a shrink would split off nothing.
+static_assert([] {
+  for (unsigned cls = kFirstAloneClass + 1; cls < kNumClasses; ++cls)
+    if (size_class_detail::kTable.classes[cls].pages <= size_class_detail::kTable.classes[cls - 1].pages) return false;
   return true;
 }());
 

@@ -477,8 +477,8 @@ long long xml_attribute(const std::string& xml, const std::string& key, const st
 TEST_CASE("mallinfo2 and malloc_info report what is allocated") {
   struct mallinfo2 before = mallinfo2();
   // 1000-byte blocks come from the 1024-byte class, or the next one up in hardened mode.
-  const std::string kClass1024 = hardened() ? "<size from=\"1025\" to=\"1280\"" : "<size from=\"897\" to=\"1024\"";
-  const long long kClassSize = hardened() ? 1280 : 1024;
+  const std::string kClass1024 = hardened() ? "<size from=\"1025\" to=\"1152\"" : "<size from=\"897\" to=\"1024\"";
+  const long long kClassSize = hardened() ? 1152 : 1024;
   long long in_use_before = std::max(0LL, xml_attribute(malloc_info_text(), kClass1024, "in_use"));
   std::vector<void*> blocks;
   for (int i = 0; i < 1000; ++i) blocks.push_back(malloc_fn(1000));
@@ -501,7 +501,7 @@ TEST_CASE("mallinfo2 and malloc_info report what is allocated") {
   // The class of the 1000 blocks: they are in use, and its free objects are whole objects.
   REQUIRE(xml_attribute(xml, kClass1024, "in_use") >= in_use_before + 1000);
   REQUIRE(xml_attribute(xml, kClass1024, "total") == kClassSize * xml_attribute(xml, kClass1024, "count"));
-  const long long per_span = hardened() ? 12 : 8;  // a span of 16 KiB, or of 8 KiB
+  const long long per_span = hardened() ? 14 : 8;  // a span of 16 KiB, or of 8 KiB
   REQUIRE(xml_attribute(xml, kClass1024, "spans") * per_span >= 1000);
   REQUIRE(malloc_info(1, stdout) == -1);
 
