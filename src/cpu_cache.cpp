@@ -548,10 +548,15 @@ void scan_slabs() {
 // pages of freed metadata. One coarse clock read (vDSO) per call.
 std::atomic<uint64_t> g_next_idle_scan_ms{0};
 
-// Freed span descriptors give their pages back once this much has been freed since the last
-// time: after a peak (4.4 MB of descriptors for a 1.1 GB heap), not for the few that a
-// program's steady churn frees and takes again. The release sorts every free descriptor.
-constexpr size_t kMetadataReleaseMinBytes = 256 * 1024;
+// Freed span descriptors give their pages back once this much has been freed, net, since the
+// last time (MetaFreeRuns::release): after a peak (4.4 MB of descriptors for a 1.1 GB heap), and
+// again as its last spans empty over the next seconds, but not for the few that a program's
+// steady churn frees and takes again. With 256 KiB, the release that came in the middle of
+// memory_return's frees found the free runs split by descriptors still live, and the 1,000 to
+// 2,000 freed after it never added up to the threshold: in half the runs 1.5-2 MB of descriptor
+// pages stayed resident. The release sorts the free runs (merged at each release), not every
+// free descriptor, so a low threshold costs little.
+constexpr size_t kMetadataReleaseMinBytes = 32 * 1024;
 
 void periodic_work() {
   uint64_t now = os::now_ms();
