@@ -5,7 +5,7 @@
 // classes a quarter of 2^k apart (2^k + 2^(k-2), ... 2^(k+1)), up to kMaxSmallSize = 1 MiB.
 // Two refinements, for what programs ask for:
 //   - from 512 bytes to 32 KiB, each group has a class at 2^k + 2^(k-3), for the common request
-//     of a power of two plus a small header (SQLite asks for 16,000 blocks of 1032 bytes at once,
+//     of a power of two plus a small header (SQLite holds 16,000 blocks of 1032 bytes at its peak,
 //     which the 1280 class would round up by a quarter);
 //   - (4 KiB, 8 KiB] has eight classes, 512 bytes apart (SQLite's page cache asks 4368 bytes a
 //     page: 5% over in the 4608 class, 17% in 5120).
