@@ -84,20 +84,16 @@ constexpr size_t size_of_class(unsigned cls) {
   return base + (i + 1) * (base >> 2);
 }
 
-// Sizes above 128 (malloc's inline path computes it for the sizes above kMaxLookupSize).
-FM_ALWAYS_INLINE constexpr unsigned class_of_size_in_groups(size_t size) {
+// malloc's inline path computes it for the sizes above kMaxLookupSize.
+constexpr unsigned class_of_size_computed(size_t size) {
+  if (size <= 8) return 1;
+  if (size <= 128) return static_cast<unsigned>((size + 15) >> 4) + 1;
   unsigned lg = 63u - static_cast<unsigned>(__builtin_clzll(size - 1));
   size_t offset = size - 1 - (size_t{1} << lg);
   unsigned eighth = static_cast<unsigned>(offset >> (lg - 3)), quarter = eighth >> 1, first = kGroupFirsts.of[lg];
   if (lg == kFineLg) return first + eighth;
   if (has_header_class(lg)) return first + (eighth == 0 ? 0 : quarter + 1);
   return first + quarter;
-}
-
-constexpr unsigned class_of_size_computed(size_t size) {
-  if (size <= 8) return 1;
-  if (size <= 128) return static_cast<unsigned>((size + 15) >> 4) + 1;
-  return class_of_size_in_groups(size);
 }
 
 // The smallest span that holds a few objects (up to 8, or 64 KiB worth) with at most 1/8 of it
