@@ -77,8 +77,9 @@ static_assert(kLayout.home[1] * sizeof(uint64_t) <= 2 * 4096, "the headers and t
 // Capacities move: a class starts with its initial room in the nursery (less if the budget
 // cannot hold that for every class), grows by a batch on misses (record_miss) while the CPU's
 // total stays within FASTMALLOC_CPU_CACHE_SIZE (g_budget_bytes), up to max_room_of(), moving
-// home when it outgrows its nursery room, and gives back half its room above its quiet floor
-// when it went a whole period with fewer than kBusyMisses misses (scan_slabs).
+// home when it outgrows its nursery room, and gives back half its room above its quiet floor,
+// and the objects it holds, when it went a whole period with fewer than kBusyMisses misses
+// (scan_slabs); while the heap shrinks, at once (shrink_room_to_floor).
 uint16_t g_initial_room[kNumClasses];
 uint64_t g_budget_bytes;
 
@@ -122,6 +123,7 @@ struct alignas(64) SlabControl {
   ScanAction scan_action;
   std::atomic<uint16_t> begin[kNumClasses], end[kNumClasses];  // the class's room: in the nursery or home
   uint16_t shrink_to[kNumClasses];  // during a scan: the new end, or 0
+  bool empty_out[kNumClasses];       // during a scan: whether the class's objects all go
   uint64_t capacity_bytes;
   // Misses since the last scan, per class, of pops (alloc) and pushes (free): written by the
   // slow paths without the lock (a lost count only delays a change).
@@ -267,7 +269,7 @@ uint32_t record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
   uint32_t misses = mine.load(std::memory_order_relaxed) + 1;
   mine.store(misses, std::memory_order_relaxed);
   uint32_t other_misses = other.load(std::memory_order_relaxed);
-  if (other_misses == 0 || misses + other_misses < kBusyMisses) return misses;
+  if (other_misses == 0 || misses + other_misses < kBusyMisses || g_page_heap.shrinking()) return misses;
   auto begin_now = [&] { return control.begin[cls].load(std::memory_order_relaxed); };
   auto end_now = [&] { return control.end[cls].load(std::memory_order_relaxed); };
   if (end_now() - begin_now() >= max_room_of(cls)) return misses;  // full grown
@@ -293,11 +295,35 @@ uint32_t record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
   return misses;
 }
 
+// While the heap is shrinking (PageHeap::shrinking: the program has given up most of it), a
+// class whose slab overflows gives up its room above the quiet floor: what is freed now is not
+// wanted again soon, and each object a cache holds keeps a span resident until a scan, which
+// needs slow-path calls that a program living on its caches may not make for seconds. A class
+// that the program still uses both ways grows again (record_miss). A push that read the old
+// bounds may still commit below the old end; `current` above `end` only makes pushes miss. The
+// slab's lock keeps a scan or drain (which stop the slab) from being undone. `locked` as for
+// record_miss.
+void shrink_room_to_floor(uint32_t index, unsigned cls, bool locked) {
+  SlabControl& control = g_control[index];
+  if (!locked && !control.lock.try_lock()) return;
+  uint16_t begin = control.begin[cls].load(std::memory_order_relaxed);
+  uint16_t end = control.end[cls].load(std::memory_order_relaxed);
+  int floor = quiet_floor_of(cls);
+  if (end - begin > floor) {
+    uint16_t new_end = static_cast<uint16_t>(begin + floor);
+    arch::store_bounds(slab(index), cls, begin, new_end);
+    control.end[cls].store(new_end, std::memory_order_relaxed);
+    control.capacity_bytes -= class_bytes(cls, end - new_end);
+  }
+  if (!locked) control.lock.unlock();
+}
+
 // A slab, reached either through rseq (the fast-path sections on the current CPU's slab) or
 // owned under its lock (locked mode): the miss handling below is the same for both.
 struct RseqSlab {
   uint32_t index;
   uint32_t note_miss(unsigned cls, bool alloc) const { return record_miss(index, cls, alloc, false); }
+  void shrink_to_floor(unsigned cls) const { shrink_room_to_floor(index, cls, false); }
   bool pop(unsigned cls, void** out) const {
     const PerCpuConfig& c = g_percpu;
     return g_count_hits ? arch::percpu_pop<true>(c.rseq_area_offset, c.index_field, c.num_slabs, c.slabs, cls, out)
@@ -323,6 +349,7 @@ struct OwnedSlab {
   uint64_t* slab;
   uint32_t index;  // its lock is held
   uint32_t note_miss(unsigned cls, bool alloc) const { return record_miss(index, cls, alloc, true); }
+  void shrink_to_floor(unsigned cls) const { shrink_room_to_floor(index, cls, true); }
   bool pop(unsigned cls, void** out) const { return arch::slab_pop_owned(slab, cls, out, g_count_hits); }
   bool push(unsigned cls, void* p, bool count_hit = g_count_hits) const {
     return arch::slab_push_owned(slab, cls, p, count_hit);
@@ -379,6 +406,13 @@ bool overflow_push(const Slab& slab, unsigned cls, void* p) {
   slab.note_miss(cls, false);
   if (slab.push(cls, p, false)) return false;  // the class grew (the free counted as a miss)
   void* batch[kMaxBatch + 1];
+  if (g_page_heap.shrinking()) {
+    // Everything goes, and the room shrinks: see shrink_room_to_floor.
+    slab.shrink_to_floor(cls);
+    while (int n = slab.pop_batch(cls, batch, kMaxBatch)) transfer_cache(cls).insert(batch, n);
+    transfer_cache(cls).insert(&p, 1);
+    return true;
+  }
   int n = slab.pop_batch(cls, batch, batch_size(cls));
   batch[n++] = p;
   transfer_cache(cls).insert(batch, n);
@@ -398,12 +432,14 @@ void* take_one(unsigned cls) {
 }
 
 // Moves the objects of one class of slab `s` that sit at or above slot `keep` to the transfer
-// cache.
-void move_out(uint64_t* s, unsigned cls, uint16_t keep) {
+// cache, or past it to the central list.
+void move_out(uint64_t* s, unsigned cls, uint16_t keep, bool to_central = false) {
   uint16_t current = arch::header_current(arch::load_header(s, cls));
   for (uint16_t top = current; top > keep;) {
     uint16_t bottom = top - keep > kMaxBatch ? static_cast<uint16_t>(top - kMaxBatch) : keep;
-    transfer_cache(cls).insert(reinterpret_cast<void* const*>(&s[bottom]), top - bottom);
+    void* const* objects = reinterpret_cast<void* const*>(&s[bottom]);
+    if (to_central) central_list(cls).deallocate_batch(objects, top - bottom);
+    else transfer_cache(cls).insert(objects, top - bottom);
     top = bottom;
   }
   if (current > keep) arch::store_current(s, cls, keep);
@@ -440,6 +476,7 @@ void shrink_owned_slab(uint32_t index) {
   uint64_t* s = slab(index);
   SlabControl& control = g_control[index];
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    if (control.empty_out[cls]) move_out(s, cls, control.begin[cls].load(std::memory_order_relaxed), true);
     uint16_t target = control.shrink_to[cls];
     if (target == 0) continue;
     move_out(s, cls, target);
@@ -482,7 +519,10 @@ bool slab_holds_objects(uint32_t index) {
 
 // Once per period. A slab untouched since the last scan (a CPU, or mm_cid, gone idle) that
 // holds objects is drained; in the others, each class that missed fewer than kBusyMisses times
-// gives back half its room above its quiet floor, for the classes that miss. Both
+// gives back half its room above its quiet floor, for the classes that miss, and sends the
+// objects it holds to the central list: the objects of a class a program uses a little come
+// from anywhere (the last frees of a phase long past) and each keeps a span resident, while a
+// refill takes them from the spans the central list hands out from. Both
 // need the slab stopped and fenced in rseq mode; slabs whose lock is busy wait for the next scan.
 // Holds g_scan_lock: scan_action is the scan's own note on the slabs it stopped.
 void scan_slabs_locked() {
@@ -506,7 +546,8 @@ void scan_slabs_locked() {
       int room = control.end[cls].load(std::memory_order_relaxed) - begin, floor = quiet_floor_of(cls);
       bool shrinks = misses < kBusyMisses && room > floor;
       control.shrink_to[cls] = shrinks ? static_cast<uint16_t>(begin + floor + (room - floor) / 2) : 0;
-      shrink |= control.shrink_to[cls] != 0;
+      control.empty_out[cls] = misses < kBusyMisses && arch::header_current(arch::load_header(slab(i), cls)) > begin;
+      shrink |= control.shrink_to[cls] != 0 || control.empty_out[cls];
     }
     if (!idle && !shrink) {
       control.lock.unlock();

@@ -81,7 +81,9 @@ void TransferCache::release_idle() {
   int n;
   {
     LockGuard guard(lock_);
-    n = take_oldest_locked(low_water_, idle);
+    uint64_t hits = hits_.load(std::memory_order_relaxed);
+    n = take_oldest_locked(hits - hits_at_idle_check_ < kQuietTraffic ? count_ : low_water_, idle);
+    hits_at_idle_check_ = hits;
     low_water_ = count_;
   }
   to_central(idle, n);

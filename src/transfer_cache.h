@@ -56,8 +56,12 @@ class TransferCache {
   // Sends the whole stock to the central list (malloc_trim).
   void drain();
   // Sends to the central list the objects that sat in the stock since the last call (the
-  // stock's low-water mark, oldest first): what nobody needed for a whole period.
+  // stock's low-water mark, oldest first): what nobody needed for a whole period. A stock that
+  // fewer than kQuietTraffic objects came to or left in the period goes down whole: what it
+  // holds is the spill of a class a program uses a little, and each object keeps its span
+  // resident, while the central list can hand out from the spans already in use.
   void release_idle();
+  static constexpr uint64_t kQuietTraffic = 16;
 
   TransferStats stats() const;
   Mutex& lock() { return lock_; }
@@ -74,7 +78,8 @@ class TransferCache {
 
   Mutex lock_;
   int count_ = 0;
-  int low_water_ = 0;  // the smallest count_ since the last release_idle()
+  int low_water_ = 0;                // the smallest count_ since the last release_idle()
+  uint64_t hits_at_idle_check_ = 0;  // hits_ then
   std::atomic<uint64_t> hits_{0}, misses_{0}, stocked_{0};
 };
 

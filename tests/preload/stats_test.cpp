@@ -166,11 +166,13 @@ TEST_CASE("malloc_trim and fastmalloc_release_memory while other threads allocat
 }
 
 TEST_CASE("the cache of a CPU that has gone idle is drained by the slow paths of others") {
-  // A thread fills its CPU's cache with freed blocks of many classes and exits.
+  // A thread fills its CPU's cache with freed blocks of many classes and exits. 40 MB in all:
+  // a program that gives up 64 MiB or more makes its caches keep little (the page heap's
+  // shrinking mode), which is not what this test is about.
   std::thread([] {
     std::mt19937_64 rng(5);
     std::vector<void*> blocks;
-    for (int i = 0; i < 20000; ++i) blocks.push_back(malloc(16 + rng() % 60000));
+    for (int i = 0; i < 10000; ++i) blocks.push_back(malloc(16 + rng() % 8000));
     for (void* p : blocks) free(p);
   }).join();
   size_t before = property("cpu_cache_bytes");
@@ -251,6 +253,55 @@ TEST_CASE("a class that stops missing keeps less than its first room on a CPU") 
   } else {
     REQUIRE(misses == 0);  // no slab can be stopped: room is never taken back
   }
+}
+
+TEST_CASE("a class used a little keeps no blocks on a CPU after a quiet period") {
+  if (!in_fresh_process("a class used a little keeps no blocks*")) return;
+  stay_on_this_cpu();
+  // Four 1000-byte blocks (class 1024) freed into this CPU's cache; then nothing of the class
+  // for a period. A cache that kept them would hand one out again without a miss; emptied,
+  // they went back to their spans, which the next refill hands out from first.
+  constexpr size_t kSize = 1000;
+  void* blocks[4];
+  for (void*& p : blocks) p = malloc(kSize);
+  for (void* p : blocks) free(p);
+
+  keep_this_cpu_busy_for_three_scans(13);
+
+  size_t misses_before = property("cpu_cache_alloc_misses");
+  void* p = malloc(kSize);
+  size_t misses = property("cpu_cache_alloc_misses") - misses_before;
+  free(p);
+  INFO("misses taking one block again: " << misses);
+  if (property("remote_drain") == 1) {
+    REQUIRE(misses == 1);
+  } else {
+    REQUIRE(misses == 0);  // no slab can be stopped: what it holds stays
+  }
+}
+
+TEST_CASE("a program that gives up most of its heap leaves little in the per-CPU caches") {
+  if (!in_fresh_process("a program that gives up most of its heap*")) return;
+  stay_on_this_cpu();
+  // 160 MB of blocks of 16 B to 8 KiB, then all freed: past the first half, the page heap is
+  // shrinking (PageHeap::shrinking), and a class whose cache overflows keeps at most its quiet
+  // floor, 8 KiB of blocks. Without that, the cache fills to its budget (4 MiB).
+  std::mt19937_64 rng(17);
+  std::vector<void*> blocks;
+  for (size_t total = 0; total < (size_t{160} << 20);) {
+    size_t size = 16 + rng() % 8176;
+    void* p = malloc(size);
+    REQUIRE(p != nullptr);
+    blocks.push_back(p);
+    total += size;
+  }
+  // The heap counts as shrinking only once no span has been handed out for 10 ms
+  // (PageHeap::kCapIntervalMs); these frees alone take less than that.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (void* p : blocks) free(p);
+  size_t cached = property("cpu_cache_bytes");
+  INFO("cached after the frees: " << cached);
+  REQUIRE(cached < (size_t{1} << 20));
 }
 
 TEST_CASE("a class that misses only a few times does not grow") {
