@@ -26,6 +26,7 @@ Span* CentralFreeList::new_span() {
   span->free_objects = nullptr;
   span->never_used = span->start;
   span->live = 0;
+  span->objects_came_back = false;
   if (g_hardened) {
     if (span->object_bits == nullptr) span->object_bits = create_object_bits();
     if (span->object_bits == nullptr) {
@@ -157,6 +158,7 @@ void CentralFreeList::push(Span* span, void* p) {
   }
   encode_link(p, span->start, span->free_objects);
   span->free_objects = p;
+  span->objects_came_back = true;
   --span->live;
   if (!span->on_list) nonempty_.push_front(span);
   // An empty span goes back to the page heap, unless it is the class's only one: a program that
@@ -207,6 +209,7 @@ void* CentralFreeList::allocate_growable() {
   span->free_objects = nullptr;
   span->never_used = span->start + sc.size;
   span->live = 1;
+  span->objects_came_back = false;
   add(spans_, 1);
   add(span_misses_, 1);
   add(live_, 1);
@@ -216,6 +219,7 @@ void* CentralFreeList::allocate_growable() {
 
 size_t CentralFreeList::release_empty_spans() {
   LockGuard guard(lock_);
+  release_object_pages_locked();
   return release_empty_spans_locked();
 }
 
@@ -224,6 +228,33 @@ void CentralFreeList::release_idle() {
   uint64_t allocations = load(allocations_);
   if (allocations == allocations_at_idle_check_) release_empty_spans_locked();
   allocations_at_idle_check_ = allocations;
+  release_object_pages_locked();
+}
+
+// An object of two OS pages or more that sits in a span's free list keeps its pages resident
+// as long as the span has a live object, and a size class that a program uses a little keeps a
+// span of 40-64 KiB for each block it holds (memory_return's little allocation: about a
+// megabyte over some twenty classes). The whole OS pages inside such objects go back; the
+// first, which holds the link, stays. Under the lock, so that no object is handed out and
+// written while its pages go; only spans that got objects back since the last look are walked,
+// so a span that sits unchanged costs no system call.
+void CentralFreeList::release_object_pages_locked() {
+  const size_t object_bytes = size_class(size_class_).size;
+  const uintptr_t os_page = os::hardware_page_size();
+  if (object_bytes < 2 * os_page) return;
+  for (Span* span = nonempty_.first(); span != nullptr; span = span->next) {
+    if (!span->objects_came_back) continue;
+    span->objects_came_back = false;
+    void* object = span->free_objects;
+    while (object != nullptr) {
+      uintptr_t start = reinterpret_cast<uintptr_t>(object);
+      uintptr_t from = round_up(start + sizeof(void*), os_page), to = (start + object_bytes) & ~(os_page - 1);
+      if (from < to) os::release(reinterpret_cast<void*>(from), to - from);
+      void* next;
+      if (!decode_link(object, span->start, size_class_, &next)) break;  // pop() reports it
+      object = next;
+    }
+  }
 }
 
 size_t CentralFreeList::release_empty_spans_locked() {

@@ -50,10 +50,12 @@ class CentralFreeList {
   void* allocate_growable();
 
   // Gives every span with no live object back to the page heap, the one push() keeps for reuse
-  // included (malloc_trim). Returns how many went.
+  // included, and the pages inside the free objects of the others (malloc_trim). Returns how
+  // many spans went.
   size_t release_empty_spans();
   // The same, once per decay period from the slow paths, if the class handed out nothing since
-  // the last call: a kept span nobody needed for a whole period.
+  // the last call: a kept span nobody needed for a whole period. Also gives back the pages
+  // inside the free objects of part-used spans (release_object_pages_locked).
   void release_idle();
 
   CentralStats stats() const;
@@ -85,6 +87,7 @@ class CentralFreeList {
   void finish_carving(const Carving& carving) const;
   void push(Span* span, void* p);
   size_t release_empty_spans_locked();
+  void release_object_pages_locked();
   // An empty span leaves the class for the page heap.
   void give_back(Span* span);
   // After the page heap resized `span`, this class's live one-object span, to class `to`: its

@@ -35,7 +35,10 @@ struct Span {
                             // kSmall: it was carved from such pages, so those from never_used up
                             // hold zeros: not resident yet, or faulted in by carve's populate and
                             // not written since (calloc relies on it: CentralFreeList::allocate_one)
-  uint64_t free_since_ms;   // kFree only: when it was last freed or merged (os::now_ms)
+  union {
+    uint64_t free_since_ms;      // kFree: when it was last freed or merged (os::now_ms)
+    bool objects_came_back;      // kSmall: objects returned since release_object_pages() last
+  };                             // looked (CentralFreeList)
   sync::RcuHead rcu;        // for retiring the descriptor (PageHeap::retire)
   ObjectBits* object_bits;  // FASTMALLOC_HARDEN: which objects are handed out; kept, once made,
                             // for the descriptor's life and reset each time it becomes kSmall
