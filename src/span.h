@@ -37,8 +37,8 @@ struct Span {
                             // not written since (calloc relies on it: CentralFreeList::allocate_one)
   union {
     uint64_t free_since_ms;      // kFree: when it was last freed or merged (os::now_ms)
-    bool objects_came_back;      // kSmall: objects returned since release_object_pages() last
-  };                             // looked (CentralFreeList)
+    bool objects_came_back;      // kSmall: objects came back since the central list last gave
+  };                             // back the pages inside free ones (release_object_pages_locked)
   sync::RcuHead rcu;        // for retiring the descriptor (PageHeap::retire)
   ObjectBits* object_bits;  // FASTMALLOC_HARDEN: which objects are handed out; kept, once made,
                             // for the descriptor's life and reset each time it becomes kSmall
