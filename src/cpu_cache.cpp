@@ -544,9 +544,9 @@ void scan_slabs_locked() {
       control.free_misses[cls].store(0, std::memory_order_relaxed);
       uint16_t begin = control.begin[cls].load(std::memory_order_relaxed);
       int room = control.end[cls].load(std::memory_order_relaxed) - begin, floor = quiet_floor_of(cls);
-      bool shrinks = misses < kBusyMisses && room > floor;
-      control.shrink_to[cls] = shrinks ? static_cast<uint16_t>(begin + floor + (room - floor) / 2) : 0;
-      control.empty_out[cls] = misses < kBusyMisses && arch::header_current(arch::load_header(slab(i), cls)) > begin;
+      bool quiet = misses < kBusyMisses;
+      control.shrink_to[cls] = quiet && room > floor ? static_cast<uint16_t>(begin + floor + (room - floor) / 2) : 0;
+      control.empty_out[cls] = quiet && arch::header_current(arch::load_header(slab(i), cls)) > begin;
       shrink |= control.shrink_to[cls] != 0 || control.empty_out[cls];
     }
     if (!idle && !shrink) {
