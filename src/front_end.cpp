@@ -38,6 +38,8 @@
 //                               leaf is its writer
 //                               (SpanMap::lock() held, signals blocked). Leaves are added
 //                               without it: zeroed, then published with a release store.
+//                               The home leaf is never released; its index is written once,
+//                               under SpanMap::lock(), before any of its entries.
 //   span map entries            an entry is written only by the owner of the page (the
 //                               central list or page heap that holds its lock, or the thread
 //                               mapping/unmapping its large block, under SpanMap::lock() so a

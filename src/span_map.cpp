@@ -24,7 +24,7 @@ bool SpanMap::ensure_locked(uintptr_t start, size_t bytes) {
   if (last >> kPageBits) return false;
   for (uintptr_t index = first >> kLeafBits; index <= last >> kLeafBits; ++index) {
     if (root_[index].load(std::memory_order_relaxed) != nullptr) continue;
-    Leaf* leaf = static_cast<Leaf*>(os::map(sizeof(Leaf), 4096));
+    Leaf* leaf = home_given_ ? static_cast<Leaf*>(os::map(sizeof(Leaf), 4096)) : take_home_leaf(index);
     if (leaf == nullptr) {
       leaf = spare_;
       spare_ = nullptr;
@@ -36,6 +36,13 @@ bool SpanMap::ensure_locked(uintptr_t start, size_t bytes) {
     if (index >= roots_used_end_) roots_used_end_ = index + 1;
   }
   return true;
+}
+
+SpanMap::Leaf* SpanMap::take_home_leaf(uintptr_t index) {
+  home_given_ = true;
+  home_index_.store(index, std::memory_order_relaxed);
+  live_[index].fetch_add(1, std::memory_order_relaxed);  // pinned: it cannot be unmapped
+  return &home_leaf_;
 }
 
 bool SpanMap::reserve_spare_locked() {

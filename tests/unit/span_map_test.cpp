@@ -78,6 +78,39 @@ TEST_CASE("forgetting a range clears its entries and drops the pages of entries 
   REQUIRE(map.lookup(boundary + 3 * group) == &s);
 }
 
+TEST_CASE("the first leaf the map creates is kept for good, and answers only for its own region") {
+  static SpanMap map;
+  Span home{}, other{};
+  const uintptr_t leaf_span = kPageSize << SpanMap::kLeafBits;  // 2 GiB
+  const uintptr_t in_home = 0x7f00'0000'0000 + 5 * kPageSize, elsewhere = in_home + 2 * leaf_span;
+  const uintptr_t same_offset_below = in_home % leaf_span;  // region 0, where an unset home index points
+  REQUIRE(map.lookup(same_offset_below) == nullptr);
+  REQUIRE(map.ensure(in_home, kPageSize));
+  REQUIRE(map.ensure(elsewhere, kPageSize));
+  map.set(in_home, &home);
+  map.set(elsewhere, &other);
+  REQUIRE(map.lookup(in_home) == &home);
+  REQUIRE(map.lookup(elsewhere) == &other);
+  REQUIRE(map.lookup(same_offset_below) == nullptr);
+  REQUIRE(map.lookup(in_home + leaf_span) == nullptr);
+  REQUIRE(map.lookup(in_home - leaf_span) == nullptr);
+
+  // Emptied, the other leaf goes back and the home leaf stays, and works as before.
+  map.set(in_home, nullptr);
+  map.set(elsewhere, nullptr);
+  REQUIRE(map.release_unused_leaves() == SpanMap::leaf_bytes_per_leaf());
+  REQUIRE(map.leaf_bytes() == SpanMap::leaf_bytes_per_leaf());
+  REQUIRE(map.lookup(in_home) == nullptr);
+  map.set(in_home, &home);
+  REQUIRE(map.lookup(in_home) == &home);
+  REQUIRE(map.lookup(elsewhere) == nullptr);
+  // A region given a leaf again later is an ordinary leaf.
+  REQUIRE(map.ensure(elsewhere, kPageSize));
+  map.set(elsewhere, &other);
+  REQUIRE(map.lookup(elsewhere) == &other);
+  REQUIRE(map.leaf_bytes() == 2 * SpanMap::leaf_bytes_per_leaf());
+}
+
 TEST_CASE("a reserved spare leaf lets ensure_locked succeed") {
   static SpanMap map;
   LockGuard guard(map.lock());
@@ -92,6 +125,7 @@ TEST_CASE("empty span-map leaves are released, and never under a reader", "[sync
   static SpanMap map;
   Span s{};
   const uintptr_t addr = uintptr_t{0x6000'0000'0000};
+  REQUIRE(map.ensure(uintptr_t{0x7000'0000'0000}, kPageSize));  // the home leaf, never released, goes elsewhere
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> bad{0}, lookups{0};
   std::vector<std::thread> readers;
@@ -124,7 +158,7 @@ TEST_CASE("empty span-map leaves are released, and never under a reader", "[sync
   for (auto& t : readers) t.join();
   REQUIRE(bad.load() == 0);
   REQUIRE(released == rounds * map.leaf_bytes_per_leaf());
-  REQUIRE(map.leaf_bytes() == 0);
+  REQUIRE(map.leaf_bytes() == map.leaf_bytes_per_leaf());  // the home leaf
   REQUIRE(map.lookup(addr) == nullptr);
   REQUIRE(lookups.load() > 1000);
 }
