@@ -28,6 +28,7 @@ void before_fork() {
   cache_lock_all();
   for (unsigned cls = 1; cls < kNumClasses; ++cls) transfer_cache(cls).lock().lock();
   for (unsigned cls = 1; cls < kNumClasses; ++cls) central_list(cls).lock().lock();
+  g_page_heap.grow_lock().lock();
   g_page_heap.lock().lock();
   g_span_map.lock().lock();
   g_span_map.structure_lock().writer_mutex().lock();
@@ -42,6 +43,7 @@ void after_fork_in_parent() {
   g_span_map.structure_lock().writer_mutex().unlock();
   g_span_map.lock().unlock();
   g_page_heap.lock().unlock();
+  g_page_heap.grow_lock().unlock();
   for (unsigned cls = kNumClasses - 1; cls >= 1; --cls) central_list(cls).lock().unlock();
   for (unsigned cls = kNumClasses - 1; cls >= 1; --cls) transfer_cache(cls).lock().unlock();
   cache_unlock_all();
@@ -55,6 +57,7 @@ void after_fork_in_child() {
   g_span_map.structure_lock().writer_mutex().reset_after_fork();
   g_span_map.lock().reset_after_fork();
   g_page_heap.lock().reset_after_fork();
+  g_page_heap.grow_lock().reset_after_fork();
   for (unsigned cls = 1; cls < kNumClasses; ++cls) central_list(cls).lock().reset_after_fork();
   for (unsigned cls = 1; cls < kNumClasses; ++cls) transfer_cache(cls).lock().reset_after_fork();
   cache_reset_locks_after_fork();

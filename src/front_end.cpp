@@ -32,7 +32,9 @@
 //                               decay_tick() reads its next-scan time (a relaxed atomic hint)
 //                               without it and then only try_locks; the transfer caches read
 //                               its shrinking flag (written under it) the same way, and a
-//                               stale value only changes how much a stock keeps
+//                               stale value only changes how much a stock keeps.
+//                               PageHeap::grow_lock(): one thread at a time maps memory for
+//                               allocate(), without lock()
 //   span map leaves             prwlock (SpanMap::structure_lock()): free(), realloc() and
 //                               span_of() look up under its read side; releasing an empty
 //                               leaf is its writer
@@ -62,7 +64,8 @@
 //   metadata arena              MetaArena::lock()
 // LOCK ORDER (take left before right; never the other way):
 //   RCU grace period -> cache setup -> cache scan -> slab control (ascending) -> transfer
-//     cache (ascending class) -> central list (ascending class) -> page heap -> span map ->
+//     cache (ascending class) -> central list (ascending class) -> page heap growth ->
+//     page heap -> span map ->
 //     span-map prwlock writer -> RCU callback queue -> metadata arena -> thread registry
 #include "front_end.h"
 

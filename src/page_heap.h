@@ -99,6 +99,9 @@ class PageHeap {
 
   PageHeapStats stats();
   Mutex& lock() { return lock_; }
+  // Held by the thread mapping memory for allocate(), so that threads that run dry at once map
+  // once; taken before lock().
+  Mutex& grow_lock() { return grow_lock_; }
   // Whether the heap is shrinking (see the top of this file); read without the lock, by caches
   // that then keep less.
   bool shrinking() const { return shrinking_.load(std::memory_order_relaxed); }
@@ -106,6 +109,7 @@ class PageHeap {
  private:
   static constexpr size_t kBins = 128;         // bins_[n]: free spans of n pages; bins_[0]: longer
   static constexpr size_t kGrowPages = 128;    // map at least 1 MiB at a time
+  static constexpr size_t kMaxGrowPages = 4096;  // and at most 32 MiB beyond what is asked
 
   size_t in_use() const { return system_bytes_ - free_bytes_; }
   // Unreleased free bytes above which deallocate() releases.
@@ -156,6 +160,8 @@ class PageHeap {
   // range is free; called without lock_, it is on no list until add_fresh_locked() puts it on
   // one (merged with its free neighbours). grow() does both under lock_.
   Span* map_fresh(size_t pages, uintptr_t below);
+  // With lock_ held: how many pages the next growth maps when `pages` are wanted.
+  size_t growth_pages_locked(size_t pages) const;
   Span* add_fresh_locked(Span* span);
   Span* grow(size_t pages);
   void insert_free(Span* span);
@@ -175,6 +181,7 @@ class PageHeap {
 
   SpanMap& map_;
   Mutex lock_;
+  Mutex grow_lock_;
   SpanList bins_[kBins];
   size_t system_bytes_ = 0, free_bytes_ = 0, released_bytes_ = 0;
   size_t large_count_ = 0, large_bytes_ = 0;
