@@ -119,6 +119,8 @@ Span* PageHeap::allocate(size_t pages, unsigned size_class) {
     grow_pages = growth_pages_locked(pages);
   }
   Span* fresh = map_fresh(grow_pages, below);
+  // Near an address-space limit the eighth may not fit where what is asked still does.
+  if (fresh == nullptr && grow_pages > pages) fresh = map_fresh(pages, below);
   if (fresh == nullptr) return nullptr;
   LockGuard guard(lock_);
   ++grows_;

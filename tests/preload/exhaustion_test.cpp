@@ -171,6 +171,31 @@ TEST_CASE("an address space of 1 GiB: small and large blocks fail cleanly, and w
   REQUIRE(r.exit_code == 0);
 }
 
+TEST_CASE("near an address-space limit the heap still grows by what a block needs") {
+  // The heap grows by an eighth of itself; where that no longer fits, a growth of what the
+  // request needs must still be tried, or malloc fails with tens of MiB still to be had.
+  ChildResult r = run_in_child([] {
+    constexpr size_t kMaxBlocks = 1 << 17, kSize = 4000;
+    void** blocks = static_cast<void**>(
+        mmap(nullptr, kMaxBlocks * sizeof(void*), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    if (blocks == MAP_FAILED) _exit(10);
+    const size_t limit = current_address_space() + (size_t{256} << 20);
+    struct rlimit rl {limit, RLIM_INFINITY};
+    if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(11);
+    size_t count = 0;
+    while (count < kMaxBlocks && (blocks[count] = malloc_fn(kSize)) != nullptr) ++count;
+    if (count == kMaxBlocks) _exit(12);  // the limit did not bite
+    size_t used = current_address_space();
+    // An eighth of the heap is 25-32 MiB by then; 1 MiB is the smallest growth.
+    if (used > limit || limit - used > (size_t{2} << 20)) _exit(13);
+    for (size_t i = 0; i < count; ++i) free(blocks[i]);
+    _exit(0);
+  });
+  INFO(r.err);
+  REQUIRE(r.exited);
+  REQUIRE(r.exit_code == 0);
+}
+
 TEST_CASE("mmap refused: every call fails with ENOMEM, blocks survive, freed memory is used again") {
   ChildResult r = run_in_child([] {
     // Small blocks freed before the refusal are all that small allocations can then use.
