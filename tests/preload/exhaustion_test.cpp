@@ -173,7 +173,7 @@ TEST_CASE("an address space of 1 GiB: small and large blocks fail cleanly, and w
 
 TEST_CASE("near an address-space limit the heap still grows by what a block needs") {
   // The heap grows by an eighth of itself; where that no longer fits, a growth of what the
-  // request needs must still be tried, or malloc fails with tens of MiB still to be had.
+  // request needs must still be tried, or malloc fails with up to that eighth still to be had.
   ChildResult r = run_in_child([] {
     constexpr size_t kMaxBlocks = 1 << 17, kSize = 4000;
     void** blocks = static_cast<void**>(
