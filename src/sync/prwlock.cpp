@@ -4,12 +4,12 @@
 namespace fastmalloc::sync {
 
 void Prwlock::enter_outermost(std::atomic<uint64_t>& status) {
-  const uint64_t flag = status.load(std::memory_order_relaxed) & kPrwFenceFlag;
+  const uint64_t flag = status.load(std::memory_order_relaxed) & kFenceFlag;
   for (;;) {
     uint64_t version = version_word_.load(std::memory_order_acquire);
     if ((version & kWriterInside) != 0) {
       // Step out, so the writer stops waiting for us, and wait for it to finish.
-      status.store(status.load(std::memory_order_relaxed) & ~kPrwDepthMask, std::memory_order_release);
+      status.store(status.load(std::memory_order_relaxed) & ~kDepthMask, std::memory_order_release);
       for (unsigned round = 0; ((version = version_word_.load(std::memory_order_acquire)) & kWriterInside) != 0; ++round)
         backoff(round);
     }
@@ -23,7 +23,7 @@ void Prwlock::enter_outermost(std::atomic<uint64_t>& status) {
 Prwlock::ReadSection Prwlock::read_lock_slow() {
   std::atomic<uint64_t>& status = current_record()->prw[slot_];
   uint64_t word = status.load(std::memory_order_relaxed);
-  if ((word & kPrwDepthMask) != 0) {
+  if ((word & kDepthMask) != 0) {
     status.store(word + 1, std::memory_order_relaxed);  // nested: already in
     return {&status, word};
   }
@@ -40,7 +40,7 @@ void Prwlock::write_lock() {
     std::atomic<uint64_t>& status = r.prw[slot_];
     for (unsigned round = 0;; ++round) {
       uint64_t word = status.load(std::memory_order_acquire);
-      if ((word & kPrwDepthMask) == 0 || (word & ~kNestMask) == version) break;
+      if ((word & kDepthMask) == 0 || (word & ~kNestMask) == version) break;
       backoff(round);
     }
   });

@@ -52,10 +52,9 @@ class Prwlock {
   // read_lock(). Every branch out of it leaves the caller's fast path, so a fast path built on
   // it needs no stack frame.
   FM_ALWAYS_INLINE ReadSection try_read_lock() {
-    ThreadRecord* record = detail::t_record;
-    if (FM_UNLIKELY(record == nullptr)) return {nullptr, 0};
-    std::atomic<uint64_t>& status = record->prw[slot_];
-    // Nested, or this thread must fence (kPrwFenceFlag): both need read_lock().
+    std::atomic<uint64_t>& status = detail::t_record->prw[slot_];
+    // Nested, or this thread must fence or is not registered (kFenceFlag): all need
+    // read_lock().
     if (FM_UNLIKELY((status.load(std::memory_order_relaxed) & kNestMask) != 0)) return {nullptr, 0};
     // Acquire: pairs with write_unlock, so the last writer's changes are seen.
     uint64_t outside = version_word_.load(std::memory_order_acquire);
@@ -82,8 +81,8 @@ class Prwlock {
   void write_lock();
   void write_unlock();
 
-  // For tests: whether the calling thread's read sides fence (see kPrwFenceFlag).
-  bool caller_fences() const { return (current_record()->prw[slot_].load(std::memory_order_relaxed) & kPrwFenceFlag) != 0; }
+  // For tests: whether the calling thread's read sides fence (see kFenceFlag).
+  bool caller_fences() const { return (current_record()->prw[slot_].load(std::memory_order_relaxed) & kFenceFlag) != 0; }
 
   // Fork: prepare takes the writer mutex; the child finds it free.
   Mutex& writer_mutex() { return writer_; }

@@ -9,6 +9,19 @@ namespace fastmalloc::sync {
 
 namespace detail {
 std::atomic<uint64_t> g_rcu_epoch{1};
+
+void rcu_read_lock_slow() {
+  ThreadRecord* r = current_record();
+  uint64_t word = r->rcu.load(std::memory_order_relaxed);
+  if ((word & kDepthMask) != 0) {
+    r->rcu.store(word + 1, std::memory_order_relaxed);  // nested: already in
+    return;
+  }
+  const uint64_t flag = word & kFenceFlag;
+  r->rcu.store(g_rcu_epoch.load(std::memory_order_relaxed) << kRcuNestBits | flag | 1, std::memory_order_relaxed);
+  if (flag != 0) std::atomic_thread_fence(std::memory_order_seq_cst);  // writers cannot fence for us
+  else std::atomic_signal_fence(std::memory_order_seq_cst);
+}
 }  // namespace detail
 
 namespace {
@@ -51,7 +64,7 @@ std::atomic<uint64_t> g_in_flight{0};  // taken to run, not yet run
 
 bool past(const ThreadRecord& r, uint64_t target) {
   uint64_t word = r.rcu.load(std::memory_order_acquire);
-  return (word & kNestMask) == 0 || (word >> kRcuNestBits) >= target;
+  return (word & kDepthMask) == 0 || (word >> kRcuNestBits) >= target;
 }
 
 bool readers_past(uint64_t target) {
@@ -107,7 +120,7 @@ unsigned run(Queue q) {
 
 void check_not_reading(const char* call) {
   ThreadRecord* r = detail::t_record;
-  if (r != nullptr && (r->rcu.load(std::memory_order_relaxed) & kNestMask) != 0)
+  if ((r->rcu.load(std::memory_order_relaxed) & kDepthMask) != 0)
     os::fatal_misuse(call, r, "called inside an RCU read-side critical section");
 }
 

@@ -5,7 +5,9 @@
 //
 // Read side: the thread's record (sync/thread_registry.h) holds (epoch << 16) | depth, written
 // with one plain store at the outermost lock and unlock, so a signal handler that reads under
-// RCU in the middle of either sees a consistent word. Nestable.
+// RCU in the middle of either sees a consistent word. Nestable. The inline lock tests the
+// word's low bits once: anything but an outermost section of a registered thread whose writers
+// fence for it goes to rcu_read_lock_slow().
 //
 // Grace period (synchronize_rcu): writer_fence() (membarrier), then advance the epoch, then wait
 // until every record is outside a section or entered it at the new epoch. Why that suffices: a
@@ -35,16 +37,18 @@ struct RcuHead {
 
 namespace detail {
 extern std::atomic<uint64_t> g_rcu_epoch;  // starts at 1; a record's epoch is never 0 inside
-}
+// What rcu_read_lock's one test sends away: a nested section, a thread that must fence, or one
+// not registered yet (kFenceFlag, thread_registry.h).
+FM_NOINLINE void rcu_read_lock_slow();
+}  // namespace detail
 
 FM_ALWAYS_INLINE void rcu_read_lock() {
-  ThreadRecord* r = current_record();
-  uint64_t word = r->rcu.load(std::memory_order_relaxed);
-  if (FM_LIKELY((word & kNestMask) == 0)) {
+  ThreadRecord* r = detail::t_record;
+  if (FM_LIKELY((r->rcu.load(std::memory_order_relaxed) & kNestMask) == 0)) {
     r->rcu.store(detail::g_rcu_epoch.load(std::memory_order_relaxed) << kRcuNestBits | 1, std::memory_order_relaxed);
-    reader_fence();
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // writers fence for us (membarrier)
   } else {
-    r->rcu.store(word + 1, std::memory_order_relaxed);
+    detail::rcu_read_lock_slow();
   }
 }
 

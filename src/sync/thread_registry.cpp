@@ -17,7 +17,9 @@ namespace fastmalloc::sync {
 bool g_readers_fence = false;
 
 namespace detail {
-__attribute__((tls_model("initial-exec"))) constinit thread_local ThreadRecord* t_record = nullptr;
+constinit ThreadRecord g_unregistered{{kFenceFlag}, {kFenceFlag, kFenceFlag, kFenceFlag, kFenceFlag, kFenceFlag, kFenceFlag}, nullptr};
+static_assert(kMaxPrwlocks == 6, "g_unregistered flags every prwlock slot");
+__attribute__((tls_model("initial-exec"))) constinit thread_local ThreadRecord* t_record = &g_unregistered;
 std::atomic<ThreadRecord*> g_chunks[kMaxChunks];
 std::atomic<unsigned> g_records_carved{0};
 }  // namespace detail
@@ -40,10 +42,11 @@ bool g_have_key = false;
 pthread_key_t g_key;
 
 // The outermost read sections have ended by the time a record is free: clear it for the next
-// owner, keeping each prwlock's version (a writer may compare it).
+// owner, keeping each prwlock's version (a writer may compare it) and the fence flag (decided
+// once for the process).
 void clear(ThreadRecord& r) {
-  r.rcu.store(0, std::memory_order_release);
-  for (auto& word : r.prw) word.store(word.load(std::memory_order_relaxed) & ~kPrwDepthMask, std::memory_order_release);
+  r.rcu.store(r.rcu.load(std::memory_order_relaxed) & kFenceFlag, std::memory_order_release);
+  for (auto& word : r.prw) word.store(word.load(std::memory_order_relaxed) & ~kDepthMask, std::memory_order_release);
 }
 
 void release_locked(ThreadRecord* r) {
@@ -59,7 +62,7 @@ void release_locked(ThreadRecord* r) {
 void on_thread_exit(void* record) {
   LockGuard guard(g_lock);
   release_locked(static_cast<ThreadRecord*>(record));
-  t_record = nullptr;
+  t_record = &detail::g_unregistered;
 }
 
 // Once, before the first record is handed out: how writers fence, and the exit hook. A key
@@ -113,8 +116,10 @@ ThreadRecord* register_current_thread() {
   }
   // No memory for even 64 bytes of bookkeeping: there is no safe way to read on.
   if (r == nullptr) os::fatal_misuse("thread start", nullptr, "out of memory for the thread registry");
-  if (g_readers_fence)
-    for (auto& word : r->prw) word.store(word.load(std::memory_order_relaxed) | kPrwFenceFlag, std::memory_order_relaxed);
+  if (g_readers_fence) {
+    r->rcu.store(r->rcu.load(std::memory_order_relaxed) | kFenceFlag, std::memory_order_relaxed);
+    for (auto& word : r->prw) word.store(word.load(std::memory_order_relaxed) | kFenceFlag, std::memory_order_relaxed);
+  }
   t_record = r;
   if (g_have_key) pthread_setspecific(g_key, r);
   return r;

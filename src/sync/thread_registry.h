@@ -28,11 +28,11 @@ namespace fastmalloc::sync {
 inline constexpr unsigned kMaxPrwlocks = 6;
 
 struct alignas(64) ThreadRecord {
-  // RCU: (epoch at the outermost rcu_read_lock << kRcuNestBits) | nesting depth; a depth of 0
-  // is outside (the epoch bits are then stale).
+  // RCU: (epoch at the outermost rcu_read_lock << kRcuNestBits) | kFenceFlag if this thread's
+  // read sides must fence | nesting depth (below kFenceFlag); a depth of 0 is outside (the
+  // epoch bits are then stale).
   std::atomic<uint64_t> rcu;
-  // Per prwlock slot: (lock version seen << kPrwNestBits) | kPrwFenceFlag if this thread's
-  // read sides must fence | nesting depth (below kPrwFenceFlag).
+  // Per prwlock slot: (lock version seen << kPrwNestBits) | kFenceFlag | nesting depth.
   std::atomic<uint64_t> prw[kMaxPrwlocks];
   ThreadRecord* next_free;  // registry's free list (guarded by its mutex)
 };
@@ -40,11 +40,17 @@ static_assert(sizeof(ThreadRecord) == 64);
 
 inline constexpr unsigned kRcuNestBits = 16, kPrwNestBits = 16;
 inline constexpr uint64_t kNestMask = 0xffff;
-// In a prwlock status word: set in every record when readers must fence (g_readers_fence), so
-// the read side's first test sends them to the slow path without reading a global.
-inline constexpr uint64_t kPrwFenceFlag = 0x8000, kPrwDepthMask = kPrwFenceFlag - 1;
+// In every word of a record when its readers must fence (g_readers_fence), and in every word of
+// g_unregistered: the read sides' one test of the word's low bits (nested?) then also sends
+// those readers to their slow paths, without reading a global.
+inline constexpr uint64_t kFenceFlag = 0x8000, kDepthMask = kFenceFlag - 1;
 
 namespace detail {
+// What t_record points at before the thread's first read side registers it and after it exits:
+// a record no thread owns, whose words all carry kFenceFlag, so every read side's first test
+// turns the thread away to a slow path that registers it; the fast read sides need no null
+// test. Never written.
+extern ThreadRecord g_unregistered;
 // constinit: with no dynamic initializer, the compiler reads the slot directly instead of
 // calling a TLS init wrapper on every read-side section.
 extern __attribute__((tls_model("initial-exec"))) constinit thread_local ThreadRecord* t_record;
@@ -57,15 +63,8 @@ extern bool g_readers_fence;
 // The calling thread's record, registering the thread on first use.
 FM_ALWAYS_INLINE ThreadRecord* current_record() {
   ThreadRecord* r = detail::t_record;
-  if (FM_UNLIKELY(r == nullptr)) r = detail::register_current_thread();
+  if (FM_UNLIKELY(r == &detail::g_unregistered)) r = detail::register_current_thread();
   return r;
-}
-
-// After a reader's publishing store: orders it before the reader's loads of shared data. A
-// compiler barrier when writers use membarrier; a full fence when they cannot.
-FM_ALWAYS_INLINE void reader_fence() {
-  if (FM_UNLIKELY(g_readers_fence)) std::atomic_thread_fence(std::memory_order_seq_cst);
-  else std::atomic_signal_fence(std::memory_order_seq_cst);
 }
 
 // Decides, once, how writers fence (registering the process for membarrier) and sets up the

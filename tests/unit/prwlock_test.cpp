@@ -103,6 +103,10 @@ TEST_CASE("try_read_lock enters only where read_lock would need no call, and the
   reader_may_exit.store(true);
   reader.join();
   second_writer.join();
+
+  // Threads not registered (yet, or any more) all point at one record, which none may write.
+  for (auto& word : detail::g_unregistered.prw) REQUIRE(word.load() == kFenceFlag);
+  REQUIRE(detail::g_unregistered.rcu.load() == kFenceFlag);
 }
 
 TEST_CASE("readers do not exclude each other", "[sync]") {

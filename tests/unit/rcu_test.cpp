@@ -300,6 +300,18 @@ TEST_CASE("readers fence exactly when membarrier is unavailable", "[sync]") {
   // The seccomp run of this suite (CTest "unit/sync without membarrier") sets this.
   bool membarrier_denied = getenv("FASTMALLOC_TEST_NO_MEMBARRIER") != nullptr;
   REQUIRE(g_readers_fence == membarrier_denied);
+  // A reader's fast path fences only in the slow path its record's flag sends it to, in this
+  // thread and in a new one (whose record is taken, or reused, after the decision).
+  REQUIRE(((current_record()->rcu.load() & kFenceFlag) != 0) == membarrier_denied);
+  uint64_t word = 0;
+  std::thread fresh([&] {
+    rcu_read_lock();
+    word = current_record()->rcu.load();
+    rcu_read_unlock();
+  });
+  fresh.join();
+  REQUIRE(((word & kFenceFlag) != 0) == membarrier_denied);
+  REQUIRE((word & kDepthMask) == 1);
 }
 
 namespace {
