@@ -36,7 +36,7 @@ namespace fs = fastmalloc::sync;
 constexpr size_t kEntries = size_t{1} << 20;
 std::vector<uint64_t> g_table(kEntries, 1);
 uint64_t g_hot_word = 1;
-fs::Prwlock g_prwlock(1);
+fs::Prwlock<1> g_prwlock;
 pthread_rwlock_t g_rwlock = PTHREAD_RWLOCK_INITIALIZER;
 pthread_mutex_t g_mutex = PTHREAD_MUTEX_INITIALIZER;
 double g_scale = 1.0;
@@ -105,10 +105,10 @@ struct Plain {
 // to this loop, none of which touches memory: nops. If a read side costs what these cost, its
 // price is the room its instructions take in the out-of-order window while the load misses,
 // not the synchronization it does. kPadding is the difference between the loop bodies of
-// read_ns<Prw> and read_ns<Plain> in the disassembly (objdump -d of this program: 30 against 13
-// instructions around the array load since the read side lost its null test, 32 before);
-// recount it when the read side changes.
-constexpr int kPadding = 17;
+// read_ns<Prw> and read_ns<Plain> in the disassembly (objdump -d of this program: 29 against 13
+// instructions around the array load since the read side lost its null test and its load of
+// the lock's slot, 32 before); recount it when the read side changes.
+constexpr int kPadding = 16;
 struct Padded {
   static int lock() {
     asm volatile(".rept %c0\n\tnop\n\t.endr" : : "i"(kPadding / 2) : "memory");
@@ -124,8 +124,8 @@ struct Rcu {
   static void unlock(int) { fs::rcu_read_unlock(); }
 };
 struct Prw {
-  static fs::Prwlock::ReadSection lock() { return g_prwlock.read_lock(); }
-  static void unlock(fs::Prwlock::ReadSection section) { g_prwlock.read_unlock(section); }
+  static fs::PrwlockReadSection lock() { return g_prwlock.read_lock(); }
+  static void unlock(fs::PrwlockReadSection section) { g_prwlock.read_unlock(section); }
 };
 struct RwLock {
   static int lock() { return pthread_rwlock_rdlock(&g_rwlock); }

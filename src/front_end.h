@@ -78,7 +78,7 @@ FM_ALWAYS_INLINE void deallocate_small(unsigned cls, void* p, const char* call) 
 // The leaf is read under the span map's read side, the descriptor under RCU, so neither can be
 // reused while it is looked at (a descriptor is retired through call_rcu).
 FM_ALWAYS_INLINE Span* lookup_span_in_rcu(uintptr_t addr) {
-  sync::Prwlock::ReadSection section = g_span_map.structure_lock().read_lock();
+  sync::PrwlockReadSection section = g_span_map.structure_lock().read_lock();
   Span* span = g_span_map.lookup(addr);
   g_span_map.structure_lock().read_unlock(section);
   return span;
@@ -115,8 +115,8 @@ FM_ALWAYS_INLINE void* allocate(size_t size) {
 // cannot be entered without a call (first use on this thread, a nested section, a writer), so
 // that free's fast path makes no call that returns; the slow path looks again under read_lock().
 FM_ALWAYS_INLINE uintptr_t span_map_entry(uintptr_t addr) {
-  sync::Prwlock& map_lock = g_span_map.structure_lock();
-  sync::Prwlock::ReadSection section = map_lock.try_read_lock();  // the leaf stays mapped while we read it
+  SpanMap::StructureLock& map_lock = g_span_map.structure_lock();
+  sync::PrwlockReadSection section = map_lock.try_read_lock();  // the leaf stays mapped while we read it
   if (FM_UNLIKELY(section.status == nullptr)) return 0;
   uintptr_t entry = g_span_map.lookup_entry(addr);
   map_lock.read_unlock(section);

@@ -115,7 +115,8 @@ class SpanMap {
   size_t resident_leaf_bytes();
   static constexpr size_t leaf_bytes_per_leaf() { return sizeof(Leaf); }
 
-  sync::Prwlock& structure_lock() { return structure_lock_; }
+  using StructureLock = sync::Prwlock<0>;
+  StructureLock& structure_lock() { return structure_lock_; }
 
  private:
   static constexpr size_t kLeafEntries = size_t{1} << kLeafBits;
@@ -153,7 +154,7 @@ class SpanMap {
   size_t roots_used_begin_ = 0, roots_used_end_ = 0;
   Leaf* spare_ = nullptr;
   Mutex lock_;  // serializes leaf creation, release and the spare
-  sync::Prwlock structure_lock_{0};
+  StructureLock structure_lock_;
 };
 
 extern SpanMap g_span_map;

@@ -3,7 +3,7 @@
 
 namespace fastmalloc::sync {
 
-void Prwlock::enter_outermost(std::atomic<uint64_t>& status) {
+void PrwlockCore::enter_outermost(std::atomic<uint64_t>& status) {
   const uint64_t flag = status.load(std::memory_order_relaxed) & kFenceFlag;
   for (;;) {
     uint64_t version = version_word_.load(std::memory_order_acquire);
@@ -20,7 +20,7 @@ void Prwlock::enter_outermost(std::atomic<uint64_t>& status) {
   }
 }
 
-Prwlock::ReadSection Prwlock::read_lock_slow() {
+PrwlockCore::ReadSection PrwlockCore::read_lock_slow() {
   std::atomic<uint64_t>& status = current_record()->prw[slot_];
   uint64_t word = status.load(std::memory_order_relaxed);
   if ((word & kDepthMask) != 0) {
@@ -31,7 +31,7 @@ Prwlock::ReadSection Prwlock::read_lock_slow() {
   return {&status, status.load(std::memory_order_relaxed) - 1};
 }
 
-void Prwlock::write_lock() {
+void PrwlockCore::write_lock() {
   writer_.lock();
   uint64_t version = version_word_.load(std::memory_order_relaxed) + kVersionStep;  // odd: a writer is inside
   version_word_.store(version, std::memory_order_seq_cst);
@@ -46,7 +46,7 @@ void Prwlock::write_lock() {
   });
 }
 
-void Prwlock::write_unlock() {
+void PrwlockCore::write_unlock() {
   version_word_.store(version_word_.load(std::memory_order_relaxed) + kVersionStep, std::memory_order_release);
   writer_.unlock();
 }

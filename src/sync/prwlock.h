@@ -19,8 +19,8 @@
 // in the middle of a read section; a writer must not read-lock the same lock, and should block
 // signals whose handlers would.
 //
-// Each live lock owns a slot (0 to kMaxPrwlocks - 1) in every thread record; the allocator's
-// span map uses slot 0.
+// Each live lock owns a slot (0 to kMaxPrwlocks - 1) in every thread record, fixed at compile
+// time (Prwlock<kSlot>); the allocator's span map uses slot 0.
 #pragma once
 
 #include <atomic>
@@ -32,19 +32,59 @@
 
 namespace fastmalloc::sync {
 
-class Prwlock {
- public:
-  // What read_lock() hands to read_unlock(): the reader's status word for this lock, and what
-  // to store there on the way out: the word this section stored, less its one level of depth
-  // (sections nest and unwind in order, so by then the word is back to what this one stored).
-  struct ReadSection {
-    std::atomic<uint64_t>* status;  // nullptr: try_read_lock() did not enter
-    uint64_t exit_word;
-  };
+// What read_lock() hands to read_unlock(): the reader's status word for the lock, and what to
+// store there on the way out: the word this section stored, less its one level of depth
+// (sections nest and unwind in order, so by then the word is back to what this one stored).
+struct PrwlockReadSection {
+  std::atomic<uint64_t>* status;  // nullptr: try_read_lock() did not enter
+  uint64_t exit_word;
+};
 
-  explicit constexpr Prwlock(unsigned slot) : slot_(slot) {}
-  Prwlock(const Prwlock&) = delete;
-  Prwlock& operator=(const Prwlock&) = delete;
+// What a lock needs whatever its slot: the version, the writer side and the read side's slow
+// path. Prwlock<kSlot> below adds the inline read side.
+class PrwlockCore {
+ public:
+  using ReadSection = PrwlockReadSection;
+
+  PrwlockCore(const PrwlockCore&) = delete;
+  PrwlockCore& operator=(const PrwlockCore&) = delete;
+
+  void write_lock();
+  void write_unlock();
+
+  // For tests: whether the calling thread's read sides fence (see kFenceFlag).
+  bool caller_fences() const { return (current_record()->prw[slot_].load(std::memory_order_relaxed) & kFenceFlag) != 0; }
+
+  // Fork: prepare takes the writer mutex; the child finds it free.
+  Mutex& writer_mutex() { return writer_; }
+
+ protected:
+  explicit constexpr PrwlockCore(unsigned slot) : slot_(slot) {}
+
+  // What try_read_lock() left: registers the thread, nests, or publishes the current version
+  // (with the thread's fence flag), fencing if the flag says so, and waits out any writer.
+  FM_NOINLINE ReadSection read_lock_slow();
+  void enter_outermost(std::atomic<uint64_t>& status);
+
+  // The version kept where a status word holds it (shifted up by kPrwNestBits), so that the
+  // read side stores what it loaded, with its depth of 1 added, and shifts nothing. Its lowest
+  // bit, kWriterInside, makes it odd while a writer is inside; kVersionStep advances it.
+  static constexpr uint64_t kVersionStep = uint64_t{1} << kPrwNestBits, kWriterInside = kVersionStep;
+  // Zero at start, like everything else in the lock, so a lock inside a large object (the span
+  // map) leaves that object in .bss.
+  std::atomic<uint64_t> version_word_{0};
+  Mutex writer_;
+  const unsigned slot_;
+};
+
+// The lock whose status word is prw[kSlot] in every thread record. The slot is a constant, so
+// the read side finds its word at a fixed offset in the record, with no load of the slot.
+template <unsigned kSlot>
+class Prwlock : public PrwlockCore {
+  static_assert(kSlot < kMaxPrwlocks);
+
+ public:
+  constexpr Prwlock() : PrwlockCore(kSlot) {}
 
   // The read side without a call: enters only when this thread is registered, is not already
   // inside, need not fence, and no writer is about; otherwise it leaves nothing published and
@@ -52,7 +92,7 @@ class Prwlock {
   // read_lock(). Every branch out of it leaves the caller's fast path, so a fast path built on
   // it needs no stack frame.
   FM_ALWAYS_INLINE ReadSection try_read_lock() {
-    std::atomic<uint64_t>& status = detail::t_record->prw[slot_];
+    std::atomic<uint64_t>& status = detail::t_record->prw[kSlot];
     // Nested, or this thread must fence or is not registered (kFenceFlag): all need
     // read_lock().
     if (FM_UNLIKELY((status.load(std::memory_order_relaxed) & kNestMask) != 0)) return {nullptr, 0};
@@ -77,31 +117,6 @@ class Prwlock {
     // Release: the section's loads happen before a writer can see it ended.
     section.status->store(section.exit_word, std::memory_order_release);
   }
-
-  void write_lock();
-  void write_unlock();
-
-  // For tests: whether the calling thread's read sides fence (see kFenceFlag).
-  bool caller_fences() const { return (current_record()->prw[slot_].load(std::memory_order_relaxed) & kFenceFlag) != 0; }
-
-  // Fork: prepare takes the writer mutex; the child finds it free.
-  Mutex& writer_mutex() { return writer_; }
-
- private:
-  // What try_read_lock() left: registers the thread, nests, or publishes the current version
-  // (with the thread's fence flag), fencing if the flag says so, and waits out any writer.
-  FM_NOINLINE ReadSection read_lock_slow();
-  void enter_outermost(std::atomic<uint64_t>& status);
-
-  // The version kept where a status word holds it (shifted up by kPrwNestBits), so that the
-  // read side stores what it loaded, with its depth of 1 added, and shifts nothing. Its lowest
-  // bit, kWriterInside, makes it odd while a writer is inside; kVersionStep advances it.
-  static constexpr uint64_t kVersionStep = uint64_t{1} << kPrwNestBits, kWriterInside = kVersionStep;
-  // Zero at start, like everything else in the lock, so a lock inside a large object (the span
-  // map) leaves that object in .bss.
-  std::atomic<uint64_t> version_word_{0};
-  Mutex writer_;
-  const unsigned slot_;
 };
 
 }  // namespace fastmalloc::sync

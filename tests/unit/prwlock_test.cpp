@@ -21,13 +21,13 @@ using namespace sync_test;
 using namespace std::chrono_literals;
 
 // Slot 0 is the allocator's; each test lock takes its own.
-static Prwlock g_lock(1);
+static Prwlock<1> g_lock;
 
 TEST_CASE("a writer waits for the reader inside, then shuts new readers out", "[sync]") {
   std::atomic<int> stage{0};
   std::atomic<bool> writer_in{false}, reader_in{false};
   std::thread reader([&] {
-    Prwlock::ReadSection section = g_lock.read_lock();
+    PrwlockReadSection section = g_lock.read_lock();
     stage.store(1);
     std::this_thread::sleep_for(50ms);
     REQUIRE_FALSE(writer_in.load());
@@ -45,7 +45,7 @@ TEST_CASE("a writer waits for the reader inside, then shuts new readers out", "[
   });
   while (stage.load() != 2) std::this_thread::sleep_for(1ms);
   std::thread late_reader([&] {
-    Prwlock::ReadSection section = g_lock.read_lock();
+    PrwlockReadSection section = g_lock.read_lock();
     reader_in.store(true);
     REQUIRE_FALSE(writer_in.load());
     g_lock.read_unlock(section);
@@ -57,7 +57,7 @@ TEST_CASE("a writer waits for the reader inside, then shuts new readers out", "[
 }
 
 TEST_CASE("readers skip the fence exactly when writers fence for them", "[sync]") {
-  Prwlock::ReadSection section = g_lock.read_lock();
+  PrwlockReadSection section = g_lock.read_lock();
   g_lock.read_unlock(section);
   g_lock.write_lock();  // a writer keeps the choice
   g_lock.write_unlock();
@@ -69,10 +69,10 @@ TEST_CASE("readers skip the fence exactly when writers fence for them", "[sync]"
 TEST_CASE("try_read_lock enters only where read_lock would need no call, and then leaves nothing behind", "[sync]") {
   std::thread fresh([] {
     REQUIRE(g_lock.try_read_lock().status == nullptr);  // not registered yet
-    Prwlock::ReadSection outer = g_lock.read_lock();    // registers
+    PrwlockReadSection outer = g_lock.read_lock();    // registers
     REQUIRE(g_lock.try_read_lock().status == nullptr);  // nested
     g_lock.read_unlock(outer);
-    Prwlock::ReadSection section = g_lock.try_read_lock();
+    PrwlockReadSection section = g_lock.try_read_lock();
     REQUIRE((section.status != nullptr) == !g_readers_fence);  // a thread that must fence cannot
     if (section.status != nullptr) g_lock.read_unlock(section);
   });
@@ -110,10 +110,10 @@ TEST_CASE("try_read_lock enters only where read_lock would need no call, and the
 }
 
 TEST_CASE("readers do not exclude each other", "[sync]") {
-  Prwlock::ReadSection section = g_lock.read_lock();
+  PrwlockReadSection section = g_lock.read_lock();
   std::atomic<bool> other_in{false};
   std::thread other([&] {
-    Prwlock::ReadSection section = g_lock.read_lock();
+    PrwlockReadSection section = g_lock.read_lock();
     other_in.store(true);
     g_lock.read_unlock(section);
   });
@@ -129,7 +129,7 @@ TEST_CASE("readers that are idle or gone do not hold a writer up", "[sync]") {
   std::vector<std::thread> idle;
   for (int i = 0; i < 16; ++i)
     idle.emplace_back([&] {
-      Prwlock::ReadSection section = g_lock.read_lock();
+      PrwlockReadSection section = g_lock.read_lock();
       g_lock.read_unlock(section);
       while (!release.load()) std::this_thread::sleep_for(5ms);
     });
@@ -137,7 +137,7 @@ TEST_CASE("readers that are idle or gone do not hold a writer up", "[sync]") {
   pthread_create(
       &gone, nullptr,
       [](void*) -> void* {
-        Prwlock::ReadSection section = g_lock.read_lock();
+        PrwlockReadSection section = g_lock.read_lock();
         pthread_exit(nullptr);
       },
       nullptr);
@@ -155,7 +155,7 @@ TEST_CASE("readers that are idle or gone do not hold a writer up", "[sync]") {
 namespace {
 std::atomic<int> g_handler_reads{0};
 void read_in_handler(int) {
-  Prwlock::ReadSection section = g_lock.read_lock();
+  PrwlockReadSection section = g_lock.read_lock();
   g_handler_reads.fetch_add(1);
   g_lock.read_unlock(section);
 }
@@ -166,7 +166,7 @@ TEST_CASE("a signal handler that reads inside a read section leaves the section 
   sa.sa_handler = read_in_handler;
   sigaction(SIGUSR1, &sa, nullptr);
   std::atomic<bool> writer_in{false};
-  Prwlock::ReadSection section = g_lock.read_lock();
+  PrwlockReadSection section = g_lock.read_lock();
   raise(SIGUSR1);  // nested read lock and unlock inside our section
   std::thread writer([&] {
     g_lock.write_lock();
@@ -192,7 +192,7 @@ TEST_CASE("prwlock stress: readers never see what a writer replaced", "[sync][st
   current.store(&objects[0]);
   StressReaders readers([](uint64_t) {
     uint64_t stale = 0;
-    Prwlock::ReadSection section = g_lock.read_lock();
+    PrwlockReadSection section = g_lock.read_lock();
     Object* o = current.load(std::memory_order_relaxed);
     for (int k = 0; k < 4; ++k)
       if (!o->live()) ++stale;
@@ -222,7 +222,7 @@ TEST_CASE("prwlock stress: readers never see what a writer replaced", "[sync][st
 TEST_CASE("a fork child can take the write side after readers were inside in the parent", "[sync]") {
   std::atomic<bool> inside{false}, release{false};
   std::thread reader([&] {
-    Prwlock::ReadSection section = g_lock.read_lock();
+    PrwlockReadSection section = g_lock.read_lock();
     inside.store(true);
     while (!release.load()) std::this_thread::sleep_for(1ms);
     g_lock.read_unlock(section);
@@ -237,7 +237,7 @@ TEST_CASE("a fork child can take the write side after readers were inside in the
     alarm(10);
     g_lock.write_lock();
     g_lock.write_unlock();
-    Prwlock::ReadSection section = g_lock.read_lock();
+    PrwlockReadSection section = g_lock.read_lock();
     g_lock.read_unlock(section);
     _exit(0);
   }

@@ -133,7 +133,7 @@ TEST_CASE("empty span-map leaves are released, and never under a reader", "[sync
     readers.emplace_back([&] {
       uint64_t n = 0;
       while (!stop.load(std::memory_order_relaxed)) {
-        sync::Prwlock::ReadSection section = map.structure_lock().read_lock();
+        sync::PrwlockReadSection section = map.structure_lock().read_lock();
         Span* found = map.lookup(addr);
         map.structure_lock().read_unlock(section);
         if (found != nullptr && found != &s) bad.fetch_add(1);
