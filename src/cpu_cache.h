@@ -6,10 +6,10 @@
 //
 // Capacity moves: each class starts with room for one transfer batch, in a nursery the classes
 // share, and grows, on misses, in a region of its own up to 128 KiB of objects of one class per
-// CPU (at most 2048 objects) while the CPU's total stays within FASTMALLOC_CPU_CACHE_SIZE;
-// classes above 64 KiB bypass the per-CPU level. Once per decay period the slow paths take back
-// room a class did not use and drain slabs that have gone idle (record_miss and scan_slabs in
-// cpu_cache.cpp).
+// CPU (at most 2048 objects, at least two batches) while the CPU's total stays within
+// FASTMALLOC_CPU_CACHE_SIZE; classes above 64 KiB bypass the per-CPU level. Once per decay
+// period the slow paths take back room a class did not use and drain slabs that have gone idle
+// (record_miss and scan_slabs in cpu_cache.cpp).
 #pragma once
 
 #include <cstdint>

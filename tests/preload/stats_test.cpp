@@ -227,6 +227,34 @@ TEST_CASE("a class that misses both ways grows, and gives the room back once it 
   }
 }
 
+TEST_CASE("a class above 32 KiB grows to two batches, so blocks taken and given back in threes stop missing") {
+  if (!in_fresh_process("a class above 32 KiB grows*")) return;
+  stay_on_this_cpu();
+  // 45000-byte blocks (class 49152; 57344 under FASTMALLOC_HARDEN=1, which takes the class
+  // above): a transfer batch is 2 of them, the first room too. Three taken and given back in
+  // turn miss both ways on a room of 2, which grows on those misses to its most, 4 (two
+  // batches), where all three fit and nothing misses any more.
+  constexpr size_t kSize = 45000;
+  constexpr int kBlocks = 3;
+  void* blocks[kBlocks];
+  auto take_and_give_back = [&](int rounds) {
+    for (int round = 0; round < rounds; ++round) {
+      for (void*& p : blocks) p = malloc(kSize);
+      for (void* p : blocks) free(p);
+    }
+  };
+  auto misses = [] { return property("cpu_cache_alloc_misses") + property("cpu_cache_free_misses"); };
+  size_t before = misses();
+  take_and_give_back(40);
+  size_t warming = misses() - before;
+  before = misses();
+  take_and_give_back(100);
+  size_t grown = misses() - before;
+  INFO("misses in the first 40 rounds: " << warming << ", in the next 100: " << grown);
+  REQUIRE(warming >= 16);  // it did miss both ways, enough to grow
+  REQUIRE(grown == 0);
+}
+
 TEST_CASE("a class that stops missing keeps less than its first room on a CPU") {
   if (!in_fresh_process("a class that stops missing*")) return;
   stay_on_this_cpu();
