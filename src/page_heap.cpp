@@ -16,8 +16,8 @@ constinit MetaPool<Span> g_span_pool;
 
 void PageHeap::insert_free(Span* span) {
   span->state = SpanState::kFree;
-  map_.set(span->start, span);
-  map_.set(span->end() - kPageSize, span);
+  map_.set_pinned(span->start, span);
+  map_.set_pinned(span->end() - kPageSize, span);
   // Resident spans first, so requests reuse them before faulting in released pages.
   if (span->released) bin_for(span->pages()).push_back(span);
   else bin_for(span->pages()).push_front(span);
@@ -271,7 +271,7 @@ Span* PageHeap::merge(Span* survivor, Span* other) {
   } else {
     // A released span is named at its ends only (release_pages): the merged span's new end
     // gets its name, and the two pages either side of the junction, now inside, lose theirs.
-    map_.set(other->start == survivor->start ? survivor->start : survivor->end() - kPageSize, survivor);
+    map_.set_pinned(other->start == survivor->start ? survivor->start : survivor->end() - kPageSize, survivor);
     forget_interior(survivor, junction - kPageSize, 2 * kPageSize);
   }
   retire(other);

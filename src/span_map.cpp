@@ -101,14 +101,11 @@ void SpanMap::forget_range(uintptr_t start, size_t bytes, uintptr_t owned_start,
     uintptr_t leaf_index = page >> kLeafBits, leaf_end = (leaf_index + 1) << kLeafBits;
     uintptr_t stop = end < leaf_end ? end : leaf_end;
     Leaf* leaf = root_[leaf_index].load(std::memory_order_relaxed);
-    int32_t cleared = 0;
     for (; page < stop; ++page) {
+      // Most are zero already: reading first leaves their pages of entries clean.
       std::atomic<uintptr_t>& entry = leaf->entries[page & (kLeafEntries - 1)];
-      if (entry.load(std::memory_order_relaxed) == 0) continue;
-      entry.store(0, std::memory_order_relaxed);
-      ++cleared;
+      if (entry.load(std::memory_order_relaxed) != 0) entry.store(0, std::memory_order_relaxed);
     }
-    if (cleared != 0) live_[leaf_index].fetch_sub(cleared, std::memory_order_relaxed);
   }
   release_zero_entry_pages(first, end, owned_start >> kPageShift, owned_end >> kPageShift);
 }
@@ -142,14 +139,23 @@ void SpanMap::release_zero_entry_pages(uintptr_t first, uintptr_t end, uintptr_t
   flush();
 }
 
+void SpanMap::store_pinned(uintptr_t first, size_t pages, uintptr_t base, uintptr_t index_step) {
+  uintptr_t end = first + pages, entry = base;
+  for (uintptr_t page = first; page < end;) {
+    uintptr_t leaf_index = page >> kLeafBits, leaf_end = (leaf_index + 1) << kLeafBits;
+    uintptr_t stop = end < leaf_end ? end : leaf_end;
+    std::atomic<uintptr_t>* entries = root_[leaf_index].load(std::memory_order_relaxed)->entries;
+    for (; page < stop; ++page, entry += index_step) entries[page & (kLeafEntries - 1)].store(entry, std::memory_order_release);
+  }
+}
+
 void SpanMap::set_range(uintptr_t start, size_t bytes, Span* span) {
-  for (uintptr_t addr = start; addr < start + bytes; addr += kPageSize) set(addr, span);
+  store_pinned(start >> kPageShift, bytes >> kPageShift, reinterpret_cast<uintptr_t>(span), 0);
 }
 
 void SpanMap::set_small_span(Span* span, unsigned size_class) {
   uintptr_t base = reinterpret_cast<uintptr_t>(span) | uintptr_t{size_class} << kClassShift;
-  for (uintptr_t index = 0; index < span->pages(); ++index)
-    store(span->start + index * kPageSize, base | index << kPageIndexShift);
+  store_pinned(span->start >> kPageShift, span->pages(), base, uintptr_t{1} << kPageIndexShift);
 }
 
 }  // namespace fastmalloc

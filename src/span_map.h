@@ -77,12 +77,18 @@ class SpanMap {
   // fail. For moving a block (mremap) to an address not known in advance.
   bool reserve_spare_locked();
 
-  // Records `span` (class 0) for the page holding `addr`, or for every page of a range; the
-  // small-span form records the class and each page's index too. The range must have been
-  // ensure()d, and the caller owns those pages (holds the lock that owns them). A leaf whose
-  // entries are all cleared can be released, so whoever ensures and then sets entries in a leaf
-  // that may be empty (large blocks) does both under lock().
+  // Records `span` (class 0) for the page holding `addr`: a large block's first page. The page
+  // must have been ensure()d, and the caller owns it (holds the lock that owns it). The entry is
+  // counted in its leaf, and a leaf whose counted entries are all cleared can be released, so
+  // whoever ensures and then sets an entry in a leaf that may be empty does both under lock().
   void set(uintptr_t addr, Span* span) { store(addr, reinterpret_cast<uintptr_t>(span)); }
+  // The same for pages in pinned leaves (the page heap's), whose entries are not counted: a
+  // pinned leaf stays whatever it holds. For the page holding `addr`, for every page of a range,
+  // or for a small span, whose entries record its class and each page's index too. The page
+  // heap writes these on every span it carves, grows and frees, up to 128 entries a span:
+  // counting each (a load of the old entry and an atomic add where it turned zero or non-zero)
+  // took a third of a loop of vectors doubled to 1 MiB by realloc.
+  void set_pinned(uintptr_t addr, Span* span) { store_pinned(addr >> kPageShift, 1, reinterpret_cast<uintptr_t>(span), 0); }
   void set_range(uintptr_t start, size_t bytes, Span* span);
   void set_small_span(Span* span, unsigned size_class);
 
@@ -91,7 +97,8 @@ class SpanMap {
   // by the range's owner, which must keep release_unused_leaves() from running meanwhile.
   void pin(uintptr_t start, size_t bytes);
   // For a released free span, which needs entries only at its ends: clears the entries of the
-  // pages of [start, start + bytes), in pinned leaves, then gives back to the OS the pages of
+  // pages of [start, start + bytes), in pinned leaves (uncounted, as set_pinned() wrote them),
+  // then gives back to the OS the pages of
   // entries, among those the range touches, that are all zero and describe only pages of
   // [owned_start, owned_end). The caller owns that range: nobody else writes its entries
   // meanwhile (the page heap's lock). Readers may still look: they find 0, which they take for
@@ -111,6 +118,8 @@ class SpanMap {
   // with the page heap's lock held, which keeps the page heap from filling a leaf meanwhile).
   size_t release_unused_leaves();
   size_t leaf_bytes() const { return leaves_.load(std::memory_order_relaxed) * sizeof(Leaf); }
+  // For tests: the pins and counted entries of the leaf holding addr.
+  int32_t leaf_count(uintptr_t addr) const { return live_[(addr >> kPageShift) >> kLeafBits].load(std::memory_order_relaxed); }
   // What the leaves hold resident (mincore). Takes lock().
   size_t resident_leaf_bytes();
   static constexpr size_t leaf_bytes_per_leaf() { return sizeof(Leaf); }
@@ -124,10 +133,9 @@ class SpanMap {
     std::atomic<uintptr_t> entries[kLeafEntries];
   };
 
-  // Counts each leaf's non-zero entries, so empty leaves can be found. An entry has one writer
-  // at a time (its page's owner), so reading the old value apart from the store loses nothing;
-  // set_small_span writes up to 128 entries, and with exchanges it took 19% of the realloc
-  // workload's time, with plain stores 5%.
+  // Counts each leaf's non-zero entries outside pinned memory, so empty leaves can be found. An
+  // entry has one writer at a time (its page's owner), so reading the old value apart from the
+  // store loses nothing.
   void store(uintptr_t addr, uintptr_t entry) {
     uintptr_t page = addr >> kPageShift;
     std::atomic<uintptr_t>& slot = leaf_of(page)->entries[page & (kLeafEntries - 1)];
@@ -135,6 +143,9 @@ class SpanMap {
     slot.store(entry, std::memory_order_release);
     if ((old == 0) != (entry == 0)) live_[page >> kLeafBits].fetch_add(entry != 0 ? 1 : -1, std::memory_order_relaxed);
   }
+  // Writes `pages` entries from page number `first`, in pinned leaves, uncounted: the i-th is
+  // base | i * index_step (index_step 0: all the same; 1 << kPageIndexShift: a small span's).
+  void store_pinned(uintptr_t first, size_t pages, uintptr_t base, uintptr_t index_step);
   Leaf* leaf_of(uintptr_t page) const { return root_[page >> kLeafBits].load(std::memory_order_relaxed); }
   // With lock_ held: the home leaf, for the first leaf index ever needed.
   Leaf* take_home_leaf(uintptr_t index);
@@ -147,7 +158,8 @@ class SpanMap {
   std::atomic<uintptr_t> home_index_{0};  // set once, under lock_, before root_ names the leaf
   bool home_given_ = false;
   std::atomic<Leaf*> root_[size_t{1} << kRootBits] = {};
-  std::atomic<int32_t> live_[size_t{1} << kRootBits] = {};  // non-zero entries per leaf, plus pins
+  // Per leaf: its pins, plus its non-zero entries outside pinned memory (large blocks').
+  std::atomic<int32_t> live_[size_t{1} << kRootBits] = {};
   std::atomic<size_t> leaves_{0};
   // The root indexes ever given a leaf (none while end is 0). Zero-initialized, so that this
   // object stays in .bss: a non-zero member would put its 1.5 MiB into the library's file.

@@ -363,6 +363,34 @@ TEST_CASE("small spans carry their class and page index in the span map, until f
   heap.deallocate(b);
 }
 
+TEST_CASE("the page heap's churn leaves its span-map leaf counting its pins and large blocks only") {
+  // The heap's entries are written uncounted (its leaves are pinned); a large block's is
+  // counted. A count that drifted with the heap's writes could reach 0 and unmap a leaf in use.
+  static SpanMap map;
+  static PageHeap heap(map);
+  Span* first = take(heap, 2);
+  const int32_t pins = map.leaf_count(first->start);
+  for (int round = 0; round < 50; ++round) {
+    Span* a = take_resident(heap, 1 + round % 7);
+    Span* b = take(heap, 3);
+    heap.extend(b, 5, kSomeClass);  // into the free pages after it, when there are some
+    heap.shrink(b, 2, kSomeClass);
+    heap.deallocate(a);
+    heap.deallocate(b);
+    if (round % 10 == 0) heap.release_free_pages();
+  }
+  REQUIRE(map.leaf_count(first->start) == pins);
+  Span* large = heap.map_large(3 * kPageSize, 0);
+  REQUIRE(large != nullptr);
+  const uintptr_t large_start = large->start;
+  const bool same_leaf = large_start >> kPageShift >> SpanMap::kLeafBits == first->start >> kPageShift >> SpanMap::kLeafBits;
+  REQUIRE(map.leaf_count(large_start) == (same_leaf ? pins : 0) + 1);
+  heap.unmap_large(large);
+  REQUIRE(map.leaf_count(large_start) == (same_leaf ? pins : 0));
+  REQUIRE(map.leaf_count(first->start) == pins);
+  heap.deallocate(first);
+}
+
 TEST_CASE("free pages go back to the OS once they have been free for the decay time") {
   static SpanMap map;
   static PageHeap heap(map);

@@ -17,6 +17,7 @@ TEST_CASE("span map records pages and answers nullptr for everything else") {
   Span a{}, b{};
   uintptr_t base = uintptr_t{0x7f12'3450'0000};
   REQUIRE(map.ensure(base, 4 * kPageSize));
+  map.pin(base, 4 * kPageSize);  // set_range() is for pinned leaves (the page heap's)
   map.set_range(base, 3 * kPageSize, &a);
   map.set(base + 3 * kPageSize, &b);
 
@@ -40,6 +41,7 @@ TEST_CASE("span map ranges that cross a leaf boundary") {
   uintptr_t leaf_span = kPageSize << SpanMap::kLeafBits;  // 2 GiB
   uintptr_t start = 3 * leaf_span - 2 * kPageSize;
   REQUIRE(map.ensure(start, 4 * kPageSize));
+  map.pin(start, 4 * kPageSize);
   map.set_range(start, 4 * kPageSize, &s);
   for (uintptr_t p = start; p < start + 4 * kPageSize; p += kPageSize / 2) REQUIRE(map.lookup(p) == &s);
   REQUIRE(map.lookup(start + 4 * kPageSize) == nullptr);
@@ -71,11 +73,40 @@ TEST_CASE("forgetting a range clears its entries and drops the pages of entries 
     REQUIRE(map.lookup(addr) == nullptr);
   // The second leaf now holds only the neighbour's entry; cleared, it stays mapped (pinned).
   map.set(end, nullptr);
-  map.set(end - kPageSize, nullptr);
+  map.set_pinned(end - kPageSize, nullptr);
   map.release_unused_leaves();
   REQUIRE(map.leaf_bytes() == 2 * SpanMap::leaf_bytes_per_leaf());
   map.set(boundary + 3 * group, &s);
   REQUIRE(map.lookup(boundary + 3 * group) == &s);
+}
+
+TEST_CASE("a leaf counts its pins and its large blocks' entries, whatever the page heap writes in it") {
+  // Page-heap entries (pinned memory) are written uncounted; large blocks' entries are counted,
+  // so that a leaf they alone used can be released. Mixing the two on one entry would let the
+  // count drift, and a leaf that reached 0 while in use would be unmapped under the heap.
+  static SpanMap map;
+  Span heap_span{}, large{};
+  const uintptr_t start = uintptr_t{0x7e00'0000'0000}, bytes = 64 * kPageSize;
+  REQUIRE(map.ensure(start, bytes + kPageSize));
+  map.pin(start, bytes);
+  const int32_t pinned = map.leaf_count(start);
+  REQUIRE(pinned >= 1);
+  map.set(start + bytes, &large);  // a large block mapped right after the heap's memory
+  REQUIRE(map.leaf_count(start) == pinned + 1);
+  for (int round = 0; round < 100; ++round) {
+    heap_span.start = start;
+    heap_span.bytes = (1 + round % 64) * kPageSize;
+    map.set_small_span(&heap_span, 5);
+    map.set_range(start, bytes, &heap_span);
+    map.forget_range(start + kPageSize, bytes - 2 * kPageSize, start, start + bytes);
+    map.set_pinned(start, nullptr);  // an entry set_range() wrote, cleared
+    map.set_pinned(start + bytes - kPageSize, &heap_span);
+  }
+  map.set_pinned(start, &heap_span);
+  REQUIRE(map.leaf_count(start) == pinned + 1);
+  map.set(start + bytes, nullptr);
+  REQUIRE(map.leaf_count(start) == pinned);
+  REQUIRE(map.lookup(start) == &heap_span);
 }
 
 TEST_CASE("the first leaf the map creates is kept for good, and answers only for its own region") {
