@@ -80,6 +80,9 @@ void keep_this_cpu_busy_for_three_scans(uint64_t seed) {
   for (void* p : ring) free(p);
 }
 
+// The per-CPU caches' misses so far, allocations' and frees' together.
+size_t cache_misses() { return property("cpu_cache_alloc_misses") + property("cpu_cache_free_misses"); }
+
 }  // namespace
 
 TEST_CASE("allocated bytes go up by what threads allocate and back down when others free it") {
@@ -243,13 +246,12 @@ TEST_CASE("a class above 32 KiB grows to two batches, so blocks taken and given 
       for (void* p : blocks) free(p);
     }
   };
-  auto misses = [] { return property("cpu_cache_alloc_misses") + property("cpu_cache_free_misses"); };
-  size_t before = misses();
+  size_t before = cache_misses();
   take_and_give_back(40);
-  size_t warming = misses() - before;
-  before = misses();
+  size_t warming = cache_misses() - before;
+  before = cache_misses();
   take_and_give_back(100);
-  size_t grown = misses() - before;
+  size_t grown = cache_misses() - before;
   INFO("misses in the first 40 rounds: " << warming << ", in the next 100: " << grown);
   REQUIRE(warming >= 16);  // it did miss both ways, enough to grow
   REQUIRE(grown == 0);
@@ -343,11 +345,10 @@ TEST_CASE("a class that misses only a few times does not grow") {
   for (void*& p : blocks) p = malloc(kSize);
   for (void* p : blocks) free(p);
   // The second round misses again: the room is still 4.
-  auto misses = [] { return property("cpu_cache_alloc_misses") + property("cpu_cache_free_misses"); };
-  size_t before = misses();
+  size_t before = cache_misses();
   for (void*& p : blocks) p = malloc(kSize);
   for (void* p : blocks) free(p);
-  size_t again = misses() - before;
+  size_t again = cache_misses() - before;
   INFO("misses in the second round: " << again);
   REQUIRE(again >= 1);
 }
