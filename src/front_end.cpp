@@ -54,7 +54,9 @@
 //                               Unmapping a large block clears its entry holding both the
 //                               page heap's lock and SpanMap::lock(), so no entry writer runs
 //                               while it drops the page of entries around it once all zero.
-//                               SpanMap::lock() serializes leaf creation, release, the spare.
+//                               A leaf counts its pins and large blocks' entries (atomic adds),
+//                               never the page heap's. SpanMap::lock() serializes leaf
+//                               creation, release, the spare.
 //   span descriptors            RCU: a descriptor leaves the map (its pages renamed to the
 //                               span that absorbed it, or its large block's entry cleared) and
 //                               is retired with call_rcu; span_of() reads descriptors inside

@@ -98,11 +98,10 @@ class SpanMap {
   void pin(uintptr_t start, size_t bytes);
   // For a released free span, which needs entries only at its ends: clears the entries of the
   // pages of [start, start + bytes), in pinned leaves (uncounted, as set_pinned() wrote them),
-  // then gives back to the OS the pages of
-  // entries, among those the range touches, that are all zero and describe only pages of
-  // [owned_start, owned_end). The caller owns that range: nobody else writes its entries
-  // meanwhile (the page heap's lock). Readers may still look: they find 0, which they take for
-  // an address the allocator never handed out.
+  // then gives back to the OS the pages of entries, among those the range touches, that are
+  // all zero and describe only pages of [owned_start, owned_end). The caller owns that range:
+  // nobody else writes its entries meanwhile (the page heap's lock). Readers may still look:
+  // they find 0, which they take for an address the allocator never handed out.
   void forget_range(uintptr_t start, size_t bytes, uintptr_t owned_start, uintptr_t owned_end);
 
   // Clears the entry of the page holding `addr` (a large block's first page), and gives back
