@@ -322,6 +322,12 @@ void shrink_room_to_floor(uint32_t index, unsigned cls, bool locked) {
   if (!locked) control.lock.unlock();
 }
 
+// The class's room on slab `index` as its control last set it: a hint without the lock.
+int room_of(uint32_t index, unsigned cls) {
+  const SlabControl& control = g_control[index];
+  return control.end[cls].load(std::memory_order_relaxed) - control.begin[cls].load(std::memory_order_relaxed);
+}
+
 // A slab, reached either through rseq (the fast-path sections on the current CPU's slab) or
 // owned under its lock (locked mode): the miss handling below is the same for both.
 struct RseqSlab {
@@ -386,6 +392,12 @@ int refill_size(unsigned cls, uint32_t misses) {
 // of a class get ascending addresses, as with tcmalloc and mimalloc, and a program that later
 // walks its objects in the order it made them (Python's garbage collector walks every container)
 // reads memory forward: Python's own time fell by a quarter (bench/RESULTS.md).
+//
+// It asks for no more than the class's room on this slab holds, plus the one it returns: what
+// the slab cannot keep would go straight back on top of the transfer cache's stock. With a room
+// of 0 (a FASTMALLOC_CPU_CACHE_SIZE too small for every class to have one), each malloc took a
+// batch and returned its oldest object, and the newest went back on top, again and again: a
+// block freed twice could circulate there unseen while everything else was handed out.
 template <class Slab>
 void* refill_pop(const Slab& slab, unsigned cls) {
   void* p;
@@ -393,7 +405,8 @@ void* refill_pop(const Slab& slab, unsigned cls) {
   count(g_alloc_misses, 1);
   uint32_t misses = slab.note_miss(cls, true);
   void* batch[kMaxBatch];
-  int got = transfer_cache(cls).remove(batch, refill_size(cls, misses));
+  int want = refill_size(cls, misses), room = room_of(slab.index, cls);
+  int got = transfer_cache(cls).remove(batch, want < room + 1 ? want : room + 1);
   if (got == 0) return nullptr;
   std::reverse(batch, batch + got);
   int kept = got > 1 ? slab.push_batch(cls, batch, got - 1) : 0;

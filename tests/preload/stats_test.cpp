@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <csignal>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -33,10 +34,12 @@ bool close_to(size_t actual, size_t expected) {
 // only), so that no earlier test has grown a class or filled the caches; the seccomp filter and
 // LD_PRELOAD of the mode go along. True in that fresh process, where the caller goes on with its
 // test; in the first one it checks how the child ended and returns false.
-bool in_fresh_process(const char* pattern) {
+// `option`, when given ("FASTMALLOC_NAME=value"), is set for the fresh process.
+bool in_fresh_process(const char* pattern, const char* option = nullptr) {
   if (getenv("FM_TEST_FRESH_PROCESS") != nullptr) return true;
-  ChildResult r = run_in_child([pattern] {
+  ChildResult r = run_in_child([pattern, option] {
     setenv("FM_TEST_FRESH_PROCESS", "1", 1);
+    if (option != nullptr) putenv(const_cast<char*>(option));
     dup2(STDERR_FILENO, STDOUT_FILENO);  // the suite's report of a failure, for INFO below
     // --warn NoTests: a filter that matched nothing fails instead of passing.
     execl("/proc/self/exe", "preload_tests", "--warn", "NoTests", pattern, nullptr);
@@ -255,6 +258,36 @@ TEST_CASE("a class above 32 KiB grows to two batches, so blocks taken and given 
   INFO("misses in the first 40 rounds: " << warming << ", in the next 100: " << grown);
   REQUIRE(warming >= 16);  // it did miss both ways, enough to grow
   REQUIRE(grown == 0);
+}
+
+TEST_CASE("with no room on a CPU, a refill takes one block, the last freed, so a double free is still caught") {
+  // A budget of 4 KiB for every class gives each a room of 0: every block goes through the
+  // transfer cache. A refill that took a batch there handed out the oldest and put the newest
+  // back on top; a block freed twice went round and round on top, never handed out, never seen.
+  if (!in_fresh_process("with no room on a CPU*", "FASTMALLOC_CPU_CACHE_SIZE=4K")) return;
+  stay_on_this_cpu();
+  constexpr size_t kSize = 100;
+  void* older[64];
+  for (void*& p : older) p = malloc(kSize);
+  for (void* p : older) free(p);
+  void* p = malloc(kSize);
+  free(p);
+  void* again = malloc(kSize);
+  REQUIRE(again == p);
+  free(again);
+
+  ChildResult r = run_in_child([] {
+    void* volatile twice = malloc(kSize);
+    free(twice);
+    free(twice);
+    for (int i = 0; i < 10000; ++i) (void)malloc(kSize);
+    _exit(0);
+  });
+  INFO("stderr: " << r.err);
+  REQUIRE(r.signal == SIGABRT);
+  // Reported by malloc (the second copy lost its signature), or by free where hardened mode
+  // checks each free exactly.
+  REQUIRE((r.err.find("freed twice") != std::string::npos || r.err.find("double free") != std::string::npos));
 }
 
 TEST_CASE("a class that stops missing keeps less than its first room on a CPU") {
