@@ -2,8 +2,8 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
-#include <csignal>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdlib>
 #include <dlfcn.h>
@@ -261,8 +261,8 @@ TEST_CASE("a class above 32 KiB grows to two batches, so blocks taken and given 
 }
 
 TEST_CASE("with no room on a CPU, a refill takes one block, the last freed, so a double free is still caught") {
-  // A budget of 4 KiB for every class gives each a room of 0: every block goes through the
-  // transfer cache. A refill that took a batch there handed out the oldest and put the newest
+  // A per-CPU budget of 4 KiB (FASTMALLOC_CPU_CACHE_SIZE) gives every class a room of 0: every
+  // block goes through the transfer cache. A refill that took a batch there handed out the oldest and put the newest
   // back on top; a block freed twice went round and round on top, never handed out, never seen.
   if (!in_fresh_process("with no room on a CPU*", "FASTMALLOC_CPU_CACHE_SIZE=4K")) return;
   stay_on_this_cpu();
