@@ -258,6 +258,12 @@ bool move_home(uint32_t index, unsigned cls, uint16_t begin, uint16_t end, uint1
                                  uint64_t{begin} | uint64_t{end} << 16, home, to_bounds);
 }
 
+// The class's room on slab `index` as its control last set it: a hint without the lock.
+int room_of(uint32_t index, unsigned cls) {
+  const SlabControl& control = g_control[index];
+  return control.end[cls].load(std::memory_order_relaxed) - control.begin[cls].load(std::memory_order_relaxed);
+}
+
 // A miss on slab `index` (a pop if `alloc`, else a push): counts it, and grows the class by a
 // batch if it has missed both ways since the last scan (its objects come and go, and the room
 // was too small to absorb that; a class that only ever fills or only ever empties, like either
@@ -274,11 +280,10 @@ uint32_t record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
   mine.store(misses, std::memory_order_relaxed);
   uint32_t other_misses = other.load(std::memory_order_relaxed);
   if (other_misses == 0 || misses + other_misses < kBusyMisses || g_page_heap.shrinking()) return misses;
-  auto begin_now = [&] { return control.begin[cls].load(std::memory_order_relaxed); };
-  auto end_now = [&] { return control.end[cls].load(std::memory_order_relaxed); };
-  if (end_now() - begin_now() >= max_room_of(cls)) return misses;  // full grown
+  if (room_of(index, cls) >= max_room_of(cls)) return misses;  // full grown
   if (!locked && !control.lock.try_lock()) return misses;
-  uint16_t begin = begin_now(), end = end_now();
+  uint16_t begin = control.begin[cls].load(std::memory_order_relaxed);
+  uint16_t end = control.end[cls].load(std::memory_order_relaxed);
   int grown = end - begin + batch_size(cls);
   if (grown > max_room_of(cls)) grown = max_room_of(cls);
   uint64_t bytes = class_bytes(cls, grown - (end - begin));
@@ -320,12 +325,6 @@ void shrink_room_to_floor(uint32_t index, unsigned cls, bool locked) {
     control.capacity_bytes -= class_bytes(cls, end - new_end);
   }
   if (!locked) control.lock.unlock();
-}
-
-// The class's room on slab `index` as its control last set it: a hint without the lock.
-int room_of(uint32_t index, unsigned cls) {
-  const SlabControl& control = g_control[index];
-  return control.end[cls].load(std::memory_order_relaxed) - control.begin[cls].load(std::memory_order_relaxed);
 }
 
 // A slab, reached either through rseq (the fast-path sections on the current CPU's slab) or

@@ -95,18 +95,32 @@ size_t SpanMap::resident_leaf_bytes() {
   return resident;
 }
 
-void SpanMap::forget_range(uintptr_t start, size_t bytes, uintptr_t owned_start, uintptr_t owned_end) {
-  uintptr_t first = start >> kPageShift, end = (start + bytes) >> kPageShift;
+// Calls fn on the entry of each page from `first` to `end` (page numbers, ensure()d), finding
+// each leaf once.
+template <class Fn>
+void SpanMap::for_each_entry(uintptr_t first, uintptr_t end, Fn fn) {
   for (uintptr_t page = first; page < end;) {
     uintptr_t leaf_index = page >> kLeafBits, leaf_end = (leaf_index + 1) << kLeafBits;
     uintptr_t stop = end < leaf_end ? end : leaf_end;
-    Leaf* leaf = root_[leaf_index].load(std::memory_order_relaxed);
-    for (; page < stop; ++page) {
-      // Most are zero already: reading first leaves their pages of entries clean.
-      std::atomic<uintptr_t>& entry = leaf->entries[page & (kLeafEntries - 1)];
-      if (entry.load(std::memory_order_relaxed) != 0) entry.store(0, std::memory_order_relaxed);
-    }
+    std::atomic<uintptr_t>* entries = root_[leaf_index].load(std::memory_order_relaxed)->entries;
+    for (; page < stop; ++page) fn(entries[page & (kLeafEntries - 1)]);
   }
+}
+
+void SpanMap::store_pinned(uintptr_t first, size_t pages, uintptr_t base, uintptr_t index_step) {
+  uintptr_t entry = base;
+  for_each_entry(first, first + pages, [&entry, index_step](std::atomic<uintptr_t>& slot) {
+    slot.store(entry, std::memory_order_release);
+    entry += index_step;
+  });
+}
+
+void SpanMap::forget_range(uintptr_t start, size_t bytes, uintptr_t owned_start, uintptr_t owned_end) {
+  uintptr_t first = start >> kPageShift, end = (start + bytes) >> kPageShift;
+  for_each_entry(first, end, [](std::atomic<uintptr_t>& entry) {
+    // Most are zero already: reading first leaves their pages of entries clean.
+    if (entry.load(std::memory_order_relaxed) != 0) entry.store(0, std::memory_order_relaxed);
+  });
   release_zero_entry_pages(first, end, owned_start >> kPageShift, owned_end >> kPageShift);
 }
 
@@ -137,16 +151,6 @@ void SpanMap::release_zero_entry_pages(uintptr_t first, uintptr_t end, uintptr_t
     run_end = address + group_pages * sizeof(uintptr_t);
   }
   flush();
-}
-
-void SpanMap::store_pinned(uintptr_t first, size_t pages, uintptr_t base, uintptr_t index_step) {
-  uintptr_t end = first + pages, entry = base;
-  for (uintptr_t page = first; page < end;) {
-    uintptr_t leaf_index = page >> kLeafBits, leaf_end = (leaf_index + 1) << kLeafBits;
-    uintptr_t stop = end < leaf_end ? end : leaf_end;
-    std::atomic<uintptr_t>* entries = root_[leaf_index].load(std::memory_order_relaxed)->entries;
-    for (; page < stop; ++page, entry += index_step) entries[page & (kLeafEntries - 1)].store(entry, std::memory_order_release);
-  }
 }
 
 void SpanMap::set_range(uintptr_t start, size_t bytes, Span* span) {

@@ -145,6 +145,8 @@ class SpanMap {
   // Writes `pages` entries from page number `first`, in pinned leaves, uncounted: the i-th is
   // base | i * index_step (index_step 0: all the same; 1 << kPageIndexShift: a small span's).
   void store_pinned(uintptr_t first, size_t pages, uintptr_t base, uintptr_t index_step);
+  template <class Fn>
+  void for_each_entry(uintptr_t first, uintptr_t end, Fn fn);
   Leaf* leaf_of(uintptr_t page) const { return root_[page >> kLeafBits].load(std::memory_order_relaxed); }
   // With lock_ held: the home leaf, for the first leaf index ever needed.
   Leaf* take_home_leaf(uintptr_t index);
