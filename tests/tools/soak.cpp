@@ -12,16 +12,31 @@
 // the second half of the run is at most --max-growth (default 1.15) times the largest of the
 // first half.
 //
-//   soak [--seconds S] [--threads N] [--interval S] [--max-growth F]
+// --chaos adds, all through the run, what a program may do around its allocations, so that the
+// allocator's slow paths meet each other in every order: malloc_trim(0) every 20 ms (it drains
+// every CPU's cache with membarrier while the workers run), a worker moved to another CPU every
+// 2 ms, a timer signal at 10 kHz that lands in the workers' allocations (restarting their rseq
+// sections), and a fork every 200 ms whose child allocates, checks and frees blocks of every
+// kind before it exits. A child that fails or does not exit within 60 s counts as corruption.
+//
+//   soak [--seconds S] [--threads N] [--interval S] [--max-growth F] [--chaos]
+#include <malloc.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <thread>
-#include <unistd.h>
 #include <vector>
 
 #include "tool_support.h"
@@ -130,25 +145,165 @@ void worker(int id, int threads, std::vector<Mailbox>& boxes) {
     if (p != nullptr) release(p);
 }
 
+// --chaos. The child of a fork: it inherits the heap as the fork found it, mid-call on other
+// threads included, and must be able to allocate all the same.
+int forked_child(uint64_t seed) {
+  Rng rng{seed | 1};
+  bool intact = true;
+  std::vector<void*> blocks;
+  blocks.reserve(4096);
+  for (int round = 0; round < 4; ++round) {
+    for (int i = 0; i < 1000; ++i) {
+      size_t size = pick_size(rng);
+      void* p = allocate(rng, size);
+      if (p == nullptr) return 2;
+      Block::fill(p, size, seed + static_cast<uint64_t>(i));
+      blocks.push_back(p);
+    }
+    malloc_trim(0);
+    for (void* p : blocks) {
+      intact = intact && Block::check(p);
+      free(p);
+    }
+    blocks.clear();
+  }
+  return intact ? 0 : 1;
+}
+
+std::atomic<uint64_t> g_signals{0}, g_trims{0}, g_moves{0}, g_forks{0}, g_slowest_child_ms{0};
+
+void on_timer(int) { g_signals.fetch_add(1, std::memory_order_relaxed); }
+
+// Runs the chaos threads until g_stop; the timer's signal goes to the workers only (the chaos
+// threads and the main thread block it).
+class Chaos {
+ public:
+  explicit Chaos(std::vector<std::thread>& workers) : workers_(workers) {
+    struct sigaction action {};
+    action.sa_handler = on_timer;
+    action.sa_flags = SA_RESTART;
+    sigaction(SIGRTMIN, &action, nullptr);
+    sigevent event{};
+    event.sigev_notify = SIGEV_SIGNAL;
+    event.sigev_signo = SIGRTMIN;
+    timer_create(CLOCK_MONOTONIC, &event, &timer_);
+    itimerspec every{{0, 100'000}, {0, 100'000}};  // 10 kHz
+    timer_settime(timer_, 0, &every, nullptr);
+    threads_.emplace_back([] {
+      block_timer();
+      while (!g_stop.load()) {
+        malloc_trim(0);
+        g_trims.fetch_add(1);
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    });
+    threads_.emplace_back([this] { move_workers(); });
+    threads_.emplace_back([] { fork_children(); });
+  }
+  ~Chaos() {
+    for (auto& t : threads_) t.join();
+    timer_delete(timer_);
+  }
+  static void block_timer() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGRTMIN);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  }
+
+ private:
+  void move_workers() {
+    block_timer();
+    Rng rng{0x5eed};
+    int cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+    while (!g_stop.load()) {
+      std::thread& w = workers_[rng.next() % workers_.size()];
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      uint64_t r = rng.next();
+      if (r % 4 == 0) {
+        for (int c = 0; c < cpus; ++c) CPU_SET(c, &set);
+      } else {
+        CPU_SET(static_cast<int>(r % static_cast<uint64_t>(cpus)), &set);
+      }
+      if (pthread_setaffinity_np(w.native_handle(), sizeof set, &set) == 0) g_moves.fetch_add(1);
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
+  static void fork_children() {
+    block_timer();
+    for (uint64_t n = 1; !g_stop.load(); ++n) {
+      pid_t pid = fork();
+      if (pid == 0) _exit(forked_child(n * 0x9e3779b97f4a7c15u));
+      if (pid < 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        continue;
+      }
+      // A child that hangs (a lock the fork left taken) fails the run instead of stalling it.
+      // It shares the CPUs with all the workers, so it is given plenty of time.
+      int status = 0;
+      pid_t done = 0;
+      auto forked = Clock::now();
+      uint64_t waited_ms = 0;
+      while ((done = waitpid(pid, &status, WNOHANG)) == 0 && waited_ms < 60'000) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        waited_ms = static_cast<uint64_t>(std::chrono::duration<double, std::milli>(Clock::now() - forked).count());
+      }
+      if (waited_ms > g_slowest_child_ms.load()) g_slowest_child_ms = waited_ms;
+      if (done != pid) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        fprintf(stderr, "soak: forked child %d did not exit within 60 s\n", static_cast<int>(pid));
+        g_corrupt = true;
+      } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "soak: forked child %d failed (status %d)\n", static_cast<int>(pid), status);
+        g_corrupt = true;
+      }
+      g_forks.fetch_add(1);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+
+  std::vector<std::thread>& workers_;
+  std::vector<std::thread> threads_;
+  timer_t timer_{};
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
   double seconds = 60, interval = 1, max_growth = 1.15;
   int threads = 8;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (strcmp(argv[i], "--seconds") == 0) seconds = atof(argv[i + 1]);
-    else if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
-    else if (strcmp(argv[i], "--interval") == 0) interval = atof(argv[i + 1]);
-    else if (strcmp(argv[i], "--max-growth") == 0) max_growth = atof(argv[i + 1]);
+  bool chaos = false;
+  for (int i = 1; i < argc; ++i) {
+    bool has_value = i + 1 < argc;
+    if (strcmp(argv[i], "--chaos") == 0) chaos = true;
+    else if (strcmp(argv[i], "--seconds") == 0 && has_value) seconds = atof(argv[++i]);
+    else if (strcmp(argv[i], "--threads") == 0 && has_value) threads = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--interval") == 0 && has_value) interval = atof(argv[++i]);
+    else if (strcmp(argv[i], "--max-growth") == 0 && has_value) max_growth = atof(argv[++i]);
     else {
-      fprintf(stderr, "usage: soak [--seconds S] [--threads N] [--interval S] [--max-growth F]\n");
+      fprintf(stderr, "usage: soak [--seconds S] [--threads N] [--interval S] [--max-growth F] [--chaos]\n");
       return 2;
     }
   }
   if (threads < 1 || seconds <= 0 || interval <= 0) return 2;
+  // The main thread samples RSS; under --chaos the timer's signals go to the workers.
+  if (chaos) Chaos::block_timer();
   std::vector<Mailbox> boxes(static_cast<size_t>(threads));
   std::vector<std::thread> workers;
-  for (int t = 0; t < threads; ++t) workers.emplace_back(worker, t, threads, std::ref(boxes));
+  for (int t = 0; t < threads; ++t)
+    workers.emplace_back([t, threads, &boxes, chaos] {
+      if (chaos) {  // threads inherit the creator's mask; the workers take the signals
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGRTMIN);
+        pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+      }
+      worker(t, threads, boxes);
+    });
+  std::unique_ptr<Chaos> disorder;
+  if (chaos) disorder = std::make_unique<Chaos>(workers);
 
   std::vector<std::pair<double, long>> samples;
   auto start = Clock::now();
@@ -162,6 +317,7 @@ int main(int argc, char** argv) {
     if (t >= seconds) break;
   }
   g_stop = true;
+  disorder.reset();  // first: it moves the workers by their handles
   for (auto& w : workers) w.join();
   for (Mailbox& box : boxes)
     for (void* p : box.blocks) {
@@ -180,5 +336,10 @@ int main(int argc, char** argv) {
          "growth=%.3f corrupt=%d flat=%d\n",
          seconds, threads, static_cast<unsigned long long>(g_ops.load()), first, second, growth,
          g_corrupt.load() ? 1 : 0, flat ? 1 : 0);
+  if (chaos)
+    printf("soak: chaos signals=%llu trims=%llu moves=%llu forks=%llu slowest_child_ms=%llu\n",
+           static_cast<unsigned long long>(g_signals.load()), static_cast<unsigned long long>(g_trims.load()),
+           static_cast<unsigned long long>(g_moves.load()), static_cast<unsigned long long>(g_forks.load()),
+           static_cast<unsigned long long>(g_slowest_child_ms.load()));
   return !g_corrupt.load() && flat ? 0 : 1;
 }
