@@ -1,7 +1,6 @@
-// The free signature's secret, span free-list links, hardened mode's switch and object bits.
+// The free signature's secret, span free-list links and hardened mode's switch.
 #include "block_check.h"
 
-#include "meta_arena.h"
 #include "options.h"
 #include "os/os.h"
 #include "sync/mutex.h"
@@ -17,7 +16,6 @@ namespace {
 
 Mutex g_prepare_lock;
 std::atomic<bool> g_prepared{false};
-constinit MetaPool<ObjectBits> g_object_bits_pool;
 
 // Keeps the secret away from the values programs store most: pointers, small and negative
 // integers (top 16 bits all 0 or all 1).
@@ -51,12 +49,6 @@ bool decode_link(const void* block, uintptr_t span_start, unsigned cls, void** n
   if (!is_object_boundary(cls, offset)) return false;  // also false past the span's last object
   *next = reinterpret_cast<void*>(span_start + offset);
   return true;
-}
-
-ObjectBits* create_object_bits() { return g_object_bits_pool.create(); }
-void destroy_object_bits(ObjectBits* bits) { g_object_bits_pool.destroy(bits); }
-size_t release_object_bits_pages(size_t min_growth_bytes) {
-  return g_object_bits_pool.release_free_pages(min_growth_bytes);
 }
 
 }  // namespace fastmalloc

@@ -15,12 +15,16 @@
 // of an object slot that was never handed out.
 //
 // FASTMALLOC_HARDEN=1 checks the rest, at the cost of the inline fast paths (every call goes
-// through the slow path, like FASTMALLOC_STATS=1):
-//   - one bit per object in its span (ObjectBits), set when the block is handed out and cleared
-//     when it is freed: a double free is reported by the second free() itself, and so is a
-//     free of a slot never handed out;
-//   - an 8-byte canary after every small block (the block is carved from the next class up),
-//     checked on free: a write past the end of the block is reported.
+// through the slow path, like FASTMALLOC_STATS=1): an 8-byte canary after every small block (the
+// block is carved from the next class up), derived from the secret and the block's address. It
+// says which state the block is in: handing the block out writes the live value, free checks
+// it and writes the freed value. So the second free() of a block reports the double free
+// itself; the free of a block the program wrote past the end of finds neither value, and so
+// does a free of a slot never handed out (or it finds the freed value the slot's last use, in
+// an earlier life of its span, left there). realloc() and malloc_usable_size() check the
+// canary too. The state lives in the block, next to the bytes the program uses, so the checks
+// share no cache line between CPUs that the blocks themselves do not share (a bit per object in
+// the span did, and took hardened mode from 35M to 19M pairs/s going from one thread to two).
 // Large blocks are their own mappings; their double free is caught in every mode (the span is
 // gone), an overflow past them is not.
 #pragma once
@@ -77,22 +81,22 @@ void prepare_block_checks();
 inline constexpr size_t kCanaryBytes = 8;
 static_assert(size_class_detail::size_of_class(2) - size_class_detail::size_of_class(1) >= kCanaryBytes);
 FM_ALWAYS_INLINE size_t canary_bytes() { return g_hardened ? kCanaryBytes : 0; }
-FM_ALWAYS_INLINE uint64_t canary_for(const void* block) {
+// The canary of a block the program holds, and of one it has freed.
+FM_ALWAYS_INLINE uint64_t live_canary_for(const void* block) {
   return (free_signature() * 0x9e3779b97f4a7c15u) ^ reinterpret_cast<uintptr_t>(block);
 }
+inline constexpr uint64_t kFreedCanaryTag = 0x6672'6565'6400'0000u;  // differs from 0
+FM_ALWAYS_INLINE uint64_t freed_canary_for(const void* block) { return live_canary_for(block) ^ kFreedCanaryTag; }
 
-// One bit per object of a small span, hardened mode only. At most 1024 objects in a span (the
-// 8-byte class, whose span is one page).
-struct ObjectBits {
-  static constexpr unsigned kWords = 16;
-  uint64_t words[kWords];
+enum class CanaryState : uint8_t {
+  kLive,   // handed out and not freed since
+  kFreed,  // freed and not handed out since
+  kOther,  // overwritten (a write past the end of the block), or a slot never handed out
 };
-static_assert(kPageSize / 8 <= ObjectBits::kWords * 64);
-
-ObjectBits* create_object_bits();   // zeroed; nullptr when out of memory
-void destroy_object_bits(ObjectBits* bits);
-// Gives the OS the whole pages of freed bit sets; returns the bytes released. With
-// min_growth_bytes, only once that much has been freed since the last release (MetaPool).
-size_t release_object_bits_pages(size_t min_growth_bytes = 0);
+FM_ALWAYS_INLINE CanaryState canary_state(const Word* canary, const void* block) {
+  uint64_t value = *canary;
+  if (value == live_canary_for(block)) return CanaryState::kLive;
+  return value == freed_canary_for(block) ? CanaryState::kFreed : CanaryState::kOther;
+}
 
 }  // namespace fastmalloc

@@ -27,14 +27,6 @@ Span* CentralFreeList::new_span() {
   span->never_used = span->start;
   span->live = 0;
   span->objects_came_back = false;
-  if (g_hardened) {
-    if (span->object_bits == nullptr) span->object_bits = create_object_bits();
-    if (span->object_bits == nullptr) {
-      g_page_heap.deallocate(span);
-      return nullptr;
-    }
-    for (uint64_t& word : span->object_bits->words) __atomic_store_n(&word, 0, __ATOMIC_RELAXED);
-  }
   add(spans_, 1);
   add(span_misses_, 1);
   return span;

@@ -631,7 +631,6 @@ void periodic_work() {
     central_list(cls).release_idle();
   }
   g_span_pool.release_free_pages(kMetadataReleaseMinBytes);
-  release_object_bits_pages(kMetadataReleaseMinBytes);
 }
 
 // Runs op(slab) on the calling thread's slab, owned the way the mode requires: under its lock

@@ -110,7 +110,7 @@ FM_EXPORT size_t fastmalloc_release_memory(void) noexcept {
   sync::rcu_barrier();  // retired span descriptors back to their pool
   size_t released = g_page_heap.release_free_pages();
   sync::rcu_barrier();  // the descriptors of the spans it merged too
-  return released + g_span_pool.release_free_pages() + release_object_bits_pages();
+  return released + g_span_pool.release_free_pages();
 }
 
 FM_EXPORT int malloc_trim(size_t) noexcept { return fastmalloc_release_memory() > 0 ? 1 : 0; }

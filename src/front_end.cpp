@@ -89,46 +89,38 @@ namespace fastmalloc {
 
 namespace {
 
-// FASTMALLOC_HARDEN: the object's bit in its span, and the canary after it.
-struct ObjectSlot {
-  uint64_t* word;
-  uint64_t bit;
-};
-
-ObjectSlot slot_of(const Span* span, uintptr_t addr) {
-  size_t index = (addr - span->start) / size_class(span->size_class).size;
-  return ObjectSlot{&span->object_bits->words[index / 64], uint64_t{1} << (index % 64)};
+// FASTMALLOC_HARDEN: the canary after a block of class `cls` (block_check.h), which says whether
+// the block is live.
+Word* canary_of(const void* p, unsigned cls) {
+  return reinterpret_cast<Word*>(reinterpret_cast<uintptr_t>(p) + size_class(cls).size - kCanaryBytes);
 }
 
-Word* canary_of(void* p, unsigned cls) {
-  return reinterpret_cast<Word*>(static_cast<char*>(p) + size_class(cls).size - kCanaryBytes);
+[[noreturn]] void report_bad_canary(const void* p, const char* call) {
+  os::fatal_misuse(call, p,
+                   "heap overflow: the bytes just past the end of the block were overwritten, or the block was "
+                   "never handed out");
 }
 
-// A block about to be handed out: we hold it, so its span stays.
+// A block about to be handed out (we hold it: it came out of a cache or a span's free list).
 void harden_handed_out(void* p, unsigned cls) {
-  Span* span = span_of(p, "malloc");
-  ObjectSlot slot = slot_of(span, reinterpret_cast<uintptr_t>(p));
-  if (__atomic_fetch_or(slot.word, slot.bit, __ATOMIC_RELAXED) & slot.bit)
+  Word* canary = canary_of(p, cls);
+  if (canary_state(canary, p) == CanaryState::kLive)
     os::fatal_misuse("malloc", p, "heap corrupted: a block was about to be handed out twice");
-  *canary_of(p, cls) = canary_for(p);
+  *canary = live_canary_for(p);
 }
 
-// A block being freed. Its span may be leaving if the block is not live (a double free), so the
-// descriptor and its bits are read under RCU.
+// A block being freed; the caller has checked that p starts an object of class `cls`.
 void harden_freed(void* p, unsigned cls, const char* call) {
-  uintptr_t addr = reinterpret_cast<uintptr_t>(p);
-  sync::rcu_read_lock();
-  Span* span = lookup_span_in_rcu(addr);
-  bool was_live = false;
-  if (span != nullptr && span->state == SpanState::kSmall && span->size_class == cls && span->contains(addr) &&
-      span->object_bits != nullptr) {
-    ObjectSlot slot = slot_of(span, addr);
-    was_live = (__atomic_fetch_and(slot.word, ~slot.bit, __ATOMIC_RELAXED) & slot.bit) != 0;
+  Word* canary = canary_of(p, cls);
+  switch (canary_state(canary, p)) {
+    case CanaryState::kLive:
+      *canary = freed_canary_for(p);
+      return;
+    case CanaryState::kFreed:  // or a slot last handed out in the span's earlier life
+      os::fatal_misuse(call, p, "double free, or a block that was never handed out");
+    case CanaryState::kOther:
+      report_bad_canary(p, call);
   }
-  sync::rcu_read_unlock();
-  if (!was_live) os::fatal_misuse(call, p, "double free, or a block that was never handed out");
-  if (*canary_of(p, cls) != canary_for(p))
-    os::fatal_misuse(call, p, "heap overflow: the bytes just past the end of the block were overwritten");
 }
 
 // The class a request of `size` is carved from: its own, or in hardened mode the next one up
@@ -141,15 +133,15 @@ unsigned carved_class(size_t size) {
   os::fatal_misuse(call, p, "the block is not allocated (it was freed)");
 }
 
-// realloc and malloc_usable_size of a small block that is not live.
+// Reports a small block that is not live to realloc and malloc_usable_size; in hardened mode also
+// one whose canary was overwritten.
 void check_live(const Span* span, const void* p, const char* call) {
   if (span->state != SpanState::kSmall) return;
-  bool live = !looks_free(p);
-  if (g_hardened && live) {
-    ObjectSlot slot = slot_of(span, reinterpret_cast<uintptr_t>(p));
-    live = (__atomic_load_n(slot.word, __ATOMIC_RELAXED) & slot.bit) != 0;
-  }
-  if (!live) report_not_live(p, call);
+  if (looks_free(p)) report_not_live(p, call);
+  if (!g_hardened) return;
+  CanaryState state = canary_state(canary_of(p, span->size_class), p);
+  if (state == CanaryState::kFreed) report_not_live(p, call);
+  if (state == CanaryState::kOther) report_bad_canary(p, call);
 }
 
 }  // namespace
@@ -347,7 +339,8 @@ void* reallocate(void* p, size_t size, const char* call) {
   // time, small vectors) realloc needs only the block's class, which the span-map entry carries,
   // as free reads it, with the same checks as below (p starts a block of its class, and the
   // block is live), without entering RCU to read the descriptor. Blocks alone in their spans
-  // resize their spans, and hardened mode checks the block's bit: both read the descriptor.
+  // resize their spans, which needs the descriptor; hardened mode, which carves from the class
+  // above and checks the canary, takes that longer path too.
   if (size - 1 < kMaxSmallSize && !g_hardened) {
     unsigned cls = small_block_class(reinterpret_cast<uintptr_t>(p)), new_cls = size_to_class(size);
     if (cls != 0 && !one_block_per_span(cls) && !one_block_per_span(new_cls)) {

@@ -1,5 +1,5 @@
 // The metadata arena: memory for the allocator's own small fixed-size structures (span
-// descriptors, hardened mode's object bits), taken from the OS in chunks and never unmapped.
+// descriptors), taken from the OS in chunks and never unmapped.
 // It is how the allocator avoids ever calling malloc for itself. Fixed-size objects are
 // recycled through MetaPool's free list, whose wholly free pages go back to the OS on request
 // (MetaPool::release_free_pages).

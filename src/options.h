@@ -24,7 +24,7 @@ struct Millis {  // a duration in milliseconds: digits with an optional ms or s 
   X(Millis, decay, "DECAY", Millis{1000}, \
     "free pages unused this long go back to the OS (0: at once); beyond 32M plus a quarter of the heap in use, sooner") \
   X(bool, harden, "HARDEN", false, \
-    "check every free exactly (a bit per block) and put a canary after small blocks; slower") \
+    "a canary after each small block, with its state: double frees and overflows reported by free; slower") \
   X(bool, help, "HELP", false, "print every option with its default and meaning, at startup")
 
 struct Options {

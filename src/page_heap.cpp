@@ -252,7 +252,6 @@ bool PageHeap::extend(Span* span, size_t pages, unsigned size_class) {
 void PageHeap::retire(Span* span) {
   sync::call_rcu(&span->rcu, [](sync::RcuHead* head) {
     Span* retired = reinterpret_cast<Span*>(reinterpret_cast<char*>(head) - offsetof(Span, rcu));
-    if (retired->object_bits != nullptr) destroy_object_bits(retired->object_bits);
     g_span_pool.destroy(retired);
   });
 }

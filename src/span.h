@@ -14,8 +14,6 @@
 
 namespace fastmalloc {
 
-struct ObjectBits;  // block_check.h
-
 enum class SpanState : uint8_t { kFree = 0, kSmall = 1, kLarge = 2 };
 
 struct Span {
@@ -40,8 +38,6 @@ struct Span {
     bool objects_came_back;      // kSmall: objects came back since the central list last gave
   };                             // back the pages inside free ones (release_object_pages_locked)
   sync::RcuHead rcu;        // for retiring the descriptor (PageHeap::retire)
-  ObjectBits* object_bits;  // FASTMALLOC_HARDEN: which objects are handed out; kept, once made,
-                            // for the descriptor's life and reset each time it becomes kSmall
 
   size_t pages() const { return bytes >> kPageShift; }
   uintptr_t end() const { return start + bytes; }
