@@ -386,7 +386,7 @@ void* reallocate(void* p, size_t size, const char* call) {
   if (fresh == nullptr && (fresh = allocate(size)) == nullptr) return nullptr;
   size_t old_size = block_size(span);
   size_t copied = old_size < size ? old_size : size;
-  if (size > kMaxSmallSize) os::populate_for_write(fresh, copied);
+  if (carved_class(size) >= kNumClasses) os::populate_for_write(fresh, copied);  // a large block
   memcpy(fresh, p, copied);
   deallocate(p, call);
   return fresh;
