@@ -148,6 +148,7 @@ void worker(int id, int threads, std::vector<Mailbox>& boxes) {
 // --chaos. The child of a fork: it inherits the heap as the fork found it, mid-call on other
 // threads included, and must be able to allocate all the same.
 int forked_child(uint64_t seed) {
+  g_corrupt = false;  // the parent's verdict stays the parent's; allocate() sets it on misalignment
   Rng rng{seed | 1};
   bool intact = true;
   std::vector<void*> blocks;
@@ -167,7 +168,7 @@ int forked_child(uint64_t seed) {
     }
     blocks.clear();
   }
-  return intact ? 0 : 1;
+  return intact && !g_corrupt.load() ? 0 : 1;
 }
 
 std::atomic<uint64_t> g_signals{0}, g_trims{0}, g_moves{0}, g_forks{0}, g_slowest_child_ms{0};
