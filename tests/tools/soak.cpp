@@ -175,6 +175,14 @@ std::atomic<uint64_t> g_signals{0}, g_trims{0}, g_moves{0}, g_forks{0}, g_slowes
 
 void on_timer(int) { g_signals.fetch_add(1, std::memory_order_relaxed); }
 
+// how: SIG_BLOCK or SIG_UNBLOCK, for the calling thread.
+void mask_timer_signal(int how) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGRTMIN);
+  pthread_sigmask(how, &set, nullptr);
+}
+
 // Runs the chaos threads until g_stop; the timer's signal goes to the workers only (the chaos
 // threads and the main thread block it).
 class Chaos {
@@ -191,7 +199,7 @@ class Chaos {
     itimerspec every{{0, 100'000}, {0, 100'000}};  // 10 kHz
     timer_settime(timer_, 0, &every, nullptr);
     threads_.emplace_back([] {
-      block_timer();
+      mask_timer_signal(SIG_BLOCK);
       while (!g_stop.load()) {
         malloc_trim(0);
         g_trims.fetch_add(1);
@@ -205,16 +213,9 @@ class Chaos {
     for (auto& t : threads_) t.join();
     timer_delete(timer_);
   }
-  static void block_timer() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGRTMIN);
-    pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  }
-
  private:
   void move_workers() {
-    block_timer();
+    mask_timer_signal(SIG_BLOCK);
     Rng rng{0x5eed};
     int cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
     while (!g_stop.load()) {
@@ -232,7 +233,7 @@ class Chaos {
     }
   }
   static void fork_children() {
-    block_timer();
+    mask_timer_signal(SIG_BLOCK);
     for (uint64_t n = 1; !g_stop.load(); ++n) {
       pid_t pid = fork();
       if (pid == 0) _exit(forked_child(n * 0x9e3779b97f4a7c15u));
@@ -290,17 +291,13 @@ int main(int argc, char** argv) {
   }
   if (threads < 1 || seconds <= 0 || interval <= 0) return 2;
   // The main thread samples RSS; under --chaos the timer's signals go to the workers.
-  if (chaos) Chaos::block_timer();
+  if (chaos) mask_timer_signal(SIG_BLOCK);
   std::vector<Mailbox> boxes(static_cast<size_t>(threads));
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t)
     workers.emplace_back([t, threads, &boxes, chaos] {
-      if (chaos) {  // threads inherit the creator's mask; the workers take the signals
-        sigset_t set;
-        sigemptyset(&set);
-        sigaddset(&set, SIGRTMIN);
-        pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
-      }
+      // Threads inherit the creator's mask; the workers take the signals.
+      if (chaos) mask_timer_signal(SIG_UNBLOCK);
       worker(t, threads, boxes);
     });
   std::unique_ptr<Chaos> disorder;
