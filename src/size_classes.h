@@ -32,7 +32,13 @@
 namespace fastmalloc {
 
 inline constexpr size_t kMaxSmallSize = 1024 * 1024;
-inline constexpr size_t kMaxLookupSize = 1024;  // classes up to here come from a table
+// Requests up to kMaxLookupSize find their class in a table (kTable.lookup): in 8-byte steps
+// up to kMaxFineLookupSize, where the classes are 16 bytes apart, and in 128-byte steps above,
+// where every class is a multiple of 128. Above kMaxLookupSize it is computed; blocks that big
+// bypass the caches (kMaxCachedSize), so the computation is the least of their cost.
+inline constexpr size_t kMaxFineLookupSize = 1024;
+inline constexpr size_t kMaxLookupSize = 64 * 1024;
+inline constexpr size_t kCoarseLookupStep = 128;
 inline constexpr unsigned kNumClasses = 71;  // 1..70 are classes
 
 // 32 bytes, so a class's entry is found with one shift, and free's check (is_object_boundary)
@@ -84,7 +90,7 @@ constexpr size_t size_of_class(unsigned cls) {
   return base + (i + 1) * (base >> 2);
 }
 
-// malloc's inline path computes it for the sizes above kMaxLookupSize.
+// The class of a size above kMaxLookupSize; below it, what the lookup table is built from.
 constexpr unsigned class_of_size_computed(size_t size) {
   if (size <= 8) return 1;
   if (size <= 128) return static_cast<unsigned>((size + 15) >> 4) + 1;
@@ -108,9 +114,22 @@ constexpr uint32_t pages_for(size_t size) {
   }
 }
 
+// Where a request of `size` bytes (at most kMaxLookupSize) finds its class in Table::lookup:
+// the fine entries first, one per 8 bytes, then the coarse ones, one per 128 bytes, numbered on
+// from the fine ones (both are rounded-up quotients, so each entry stands for the largest size
+// that maps to it).
+inline constexpr size_t kFineLookupEntries = kMaxFineLookupSize / 8 + 1;
+constexpr size_t fine_lookup_index(size_t size) { return (size + 7) >> 3; }
+constexpr size_t coarse_lookup_index(size_t size) {
+  return (size + kCoarseLookupStep - 1 + (kFineLookupEntries - kMaxFineLookupSize / kCoarseLookupStep - 1) * kCoarseLookupStep) >> 7;
+}
+static_assert(kCoarseLookupStep == size_t{1} << 7);
+static_assert(coarse_lookup_index(kMaxFineLookupSize + 1) == kFineLookupEntries);
+inline constexpr size_t kLookupEntries = coarse_lookup_index(kMaxLookupSize) + 1;
+
 struct Table {
   SizeClass classes[kNumClasses];
-  uint8_t small_lookup[kMaxLookupSize / 8 + 1];  // index (size + 7) / 8
+  uint8_t lookup[kLookupEntries];
 };
 
 constexpr Table make_table() {
@@ -121,7 +140,9 @@ constexpr Table make_table() {
     uint32_t objects = static_cast<uint32_t>(pages * kPageSize / size);
     t.classes[cls] = SizeClass{~uint64_t{0} / size + 1, objects * size, static_cast<uint32_t>(size), pages, objects};
   }
-  for (size_t i = 0; i <= kMaxLookupSize / 8; ++i) t.small_lookup[i] = static_cast<uint8_t>(class_of_size_computed(i * 8));
+  for (size_t size = 0; size <= kMaxFineLookupSize; size += 8) t.lookup[fine_lookup_index(size)] = static_cast<uint8_t>(class_of_size_computed(size));
+  for (size_t size = kMaxFineLookupSize + kCoarseLookupStep; size <= kMaxLookupSize; size += kCoarseLookupStep)
+    t.lookup[coarse_lookup_index(size)] = static_cast<uint8_t>(class_of_size_computed(size));
   return t;
 }
 
@@ -129,6 +150,14 @@ inline constexpr Table kTable = make_table();
 static_assert(size_of_class(kNumClasses - 1) == kMaxSmallSize);
 static_assert(kGroupFirsts.of[kLastGroupLg + 1] == kNumClasses);
 static_assert(class_of_size_computed(kMaxSmallSize) == kNumClasses - 1);
+// A coarse entry stands for 128 sizes, so no class may end inside its step.
+static_assert([] {
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    size_t size = size_of_class(cls);
+    if (size > kMaxFineLookupSize && size <= kMaxLookupSize && size % kCoarseLookupStep != 0) return false;
+  }
+  return true;
+}());
 static_assert(pages_for(kMaxSmallSize) <= 255 && pages_for(size_of_class(kNumClasses - 2)) <= 255);
 
 }  // namespace size_class_detail
@@ -159,12 +188,19 @@ static_assert([] {
   return true;
 }());
 
-// The class for a request of at most kMaxLookupSize bytes: one table load.
-FM_ALWAYS_INLINE unsigned lookup_class(size_t size) { return size_class_detail::kTable.small_lookup[(size + 7) >> 3]; }
+// The class of a request of at most kMaxFineLookupSize bytes, and of one of at most
+// kMaxLookupSize bytes above that: one table load each.
+FM_ALWAYS_INLINE unsigned fine_lookup_class(size_t size) {
+  return size_class_detail::kTable.lookup[size_class_detail::fine_lookup_index(size)];
+}
+FM_ALWAYS_INLINE unsigned coarse_lookup_class(size_t size) {
+  return size_class_detail::kTable.lookup[size_class_detail::coarse_lookup_index(size)];
+}
 
 // The class for a request of `size` bytes; size must be at most kMaxSmallSize.
 FM_ALWAYS_INLINE unsigned size_to_class(size_t size) {
-  if (FM_LIKELY(size <= kMaxLookupSize)) return lookup_class(size);
+  if (FM_LIKELY(size <= kMaxFineLookupSize)) return fine_lookup_class(size);
+  if (FM_LIKELY(size <= kMaxLookupSize)) return coarse_lookup_class(size);
   return size_class_detail::class_of_size_computed(size);
 }
 

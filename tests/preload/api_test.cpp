@@ -55,6 +55,20 @@ TEST_CASE("malloc(0) returns distinct pointers") {
   for (void* p : seen) free(p);
 }
 
+// malloc finds the class of requests up to 1 KiB and of those up to 64 KiB in two parts of one
+// table; a wrong entry in either shows as a block too small or rounded up too far.
+TEST_CASE("every request up to 66 KiB gets a block at least as big and at most a quarter bigger") {
+  for (size_t size = 1; size <= 66 * 1024; ++size) {
+    void* p = malloc_fn(size);
+    REQUIRE(p != nullptr);
+    size_t usable = malloc_usable_size(p);
+    free(p);
+    INFO("size " << size << " usable " << usable);
+    REQUIRE(usable >= size);
+    if (!hardened()) REQUIRE((size <= 128 ? usable - size < 16 : (usable - size) * 4 < size));
+  }
+}
+
 TEST_CASE("blocks of 16 bytes and more are 16-byte aligned, and all of the usable size is writable") {
   std::vector<void*> blocks;
   for (size_t size = 1; size <= 70000; size = size < 64 ? size + 1 : size * 5 / 4) {

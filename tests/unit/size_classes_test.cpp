@@ -16,6 +16,13 @@ TEST_CASE("every small size maps to the smallest class that holds it") {
   }
 }
 
+TEST_CASE("the lookup table gives the computed class for every size it covers") {
+  for (size_t size = 0; size <= kMaxLookupSize; ++size) {
+    INFO("size " << size);
+    REQUIRE(size_to_class(size) == size_class_detail::class_of_size_computed(size));
+  }
+}
+
 TEST_CASE("classes grow strictly and end at kMaxSmallSize") {
   for (unsigned cls = 2; cls < kNumClasses; ++cls) REQUIRE(size_class(cls).size > size_class(cls - 1).size);
   REQUIRE(size_class(kNumClasses - 1).size == kMaxSmallSize);
