@@ -197,7 +197,9 @@ def render_sync(kv, scale):
            f"Scale {scale} (raw output in sync.txt). ns per read-side critical section around "
            "one load, as CPU time (wall x min(threads, CPUs) / sections), median of 5 runs with the "
            "kinds interleaved; `/plain` is over the "
-           "unsynchronized loop, `rwlock /` is pthread_rwlock's time over this one's "
+           "unsynchronized loop, as the median of the 5 runs' own ratios (each run's section over the "
+           "plain loop of the same round, the kinds run back to back, so a change in the machine's speed between rounds cancels), "
+           "`rwlock /` is pthread_rwlock's time over this one's "
            f"(readers fence: {kv.get('readers_fence', '?')}).\n"]
     kinds = ["plain", "padded", "rcu", "prwlock", "pthread_rwlock", "mutex"]
     for load, suffix in (("a 2^20-entry array", ""), ("one hot word", "_l1")):
@@ -207,9 +209,10 @@ def render_sync(kv, scale):
         out.append("|---" * (1 + len(kinds) + 6) + "|")
         for t in (1, 2, 16):
             v = {k: float(kv[f"{k}_read_ns{suffix}_t{t}"]) for k in kinds}
+            over = {k: float(kv[f"{k}_over_plain{suffix}_t{t}"]) for k in ("padded", "rcu", "prwlock")}
             out.append(f"| {t} | " + " | ".join(f"{v[k]:.2f}" for k in kinds) +
-                       f" | {v['padded'] / v['plain']:.2f} | {v['rcu'] / v['plain']:.2f}"
-                       f" | {v['prwlock'] / v['plain']:.2f} | {v['prwlock'] / v['padded']:.2f}"
+                       f" | {over['padded']:.2f} | {over['rcu']:.2f}"
+                       f" | {over['prwlock']:.2f} | {v['prwlock'] / v['padded']:.2f}"
                        f" | {v['pthread_rwlock'] / v['rcu']:.1f} | {v['pthread_rwlock'] / v['prwlock']:.1f} |")
         out.append("")
     out.append("`padded` is the unsynchronized section with as many nops as the prwlock's read side has "

@@ -211,6 +211,8 @@ void usage(FILE* out) {
           "      ..._l1_t{1,2,16}: the same around a load of one hot word; each a median of 5 runs\n"
           "  padded_read_ns_...   the unsynchronized section with as many nops as the prwlock's read\n"
           "      side has instructions: what those instructions cost by taking room, not by syncing\n"
+          "  {padded,rcu,prwlock}_over_plain[_l1]_t{1,2,16}   the median over the 5 runs of each run's\n"
+          "      section time over the plain loop's time in the same run\n"
           "  prwlock_write_us_p50/p99, synchronize_rcu_us_p50/p99   writer latency, 16 readers running\n"
           "  table_{plain,compiler_fence_put,mfence_put,mfence_put_get}_ns   2 threads, 75%% get / 25%% put\n");
 }
@@ -236,7 +238,9 @@ int main(int argc, char** argv) {
   }
   printf("cpus=%u\n", cpus());
   // Each figure is the median of kRounds runs, the six kinds of section interleaved within a
-  // round, so a burst of noise on this shared machine lands on one run, not on one kind.
+  // round, so a burst of noise on this shared machine lands on one run, not on one kind. Each
+  // round starts with the next kind, so that no kind always pays for coming first: when the
+  // plain loop always did, the sections came out at 0.80-0.86x of it at one thread in some runs.
   constexpr int kRounds = 5;
   const int thread_counts[] = {1, 2, 16};
   for (bool hot : {false, true}) {
@@ -252,9 +256,22 @@ int main(int argc, char** argv) {
                    {"prwlock", read_ns<Prw>, {}},
                    {"pthread_rwlock", read_ns<RwLock>, {}},
                    {"mutex", read_ns<MutexLock>, {}}};
+      constexpr int kKinds = sizeof kinds / sizeof kinds[0];
       for (int round = 0; round < kRounds; ++round)
-        for (Kind& kind : kinds) kind.ns.push_back(kind.run(threads, hot));
+        for (int i = 0; i < kKinds; ++i) {
+          Kind& kind = kinds[(round + i) % kKinds];
+          kind.ns.push_back(kind.run(threads, hot));
+        }
       for (Kind& kind : kinds) printf("%s_read_ns%s_t%d=%.2f\n", kind.name, suffix, threads, percentile(kind.ns, 0.5));
+      // The same comparison as paired ratios: each round's section over that round's plain loop.
+      // The machine's speed can change by half from one second to the next, which moves the
+      // medians above apart; within a round the kinds run back to back and see the same speed.
+      for (const Kind& kind : kinds) {
+        if (strcmp(kind.name, "padded") != 0 && strcmp(kind.name, "rcu") != 0 && strcmp(kind.name, "prwlock") != 0) continue;
+        std::vector<double> ratios;
+        for (int round = 0; round < kRounds; ++round) ratios.push_back(kind.ns[round] / kinds[0].ns[round]);
+        printf("%s_over_plain%s_t%d=%.3f\n", kind.name, suffix, threads, percentile(ratios, 0.5));
+      }
       fflush(stdout);
     }
   }
