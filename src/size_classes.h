@@ -41,16 +41,12 @@ inline constexpr size_t kMaxLookupSize = 64 * 1024;
 inline constexpr size_t kCoarseLookupStep = 128;
 inline constexpr unsigned kNumClasses = 71;  // 1..70 are classes
 
-// 32 bytes, so a class's entry is found with one shift, and free's check (is_object_boundary)
-// compares and multiplies with its two 64-bit fields in place, without loading them first.
 struct SizeClass {
-  uint64_t div_magic;   // ceil(2^64 / size): n is a multiple of size iff n * div_magic < div_magic
   uint64_t used_bytes;  // objects * size: offsets at or above it in a span hold no object
   uint32_t size;        // bytes per object
   uint32_t pages;       // pages per span (at most 255: the span map stores a page's index in 8 bits)
   uint32_t objects;     // objects per span
 };
-static_assert(sizeof(SizeClass) == 32);
 
 namespace size_class_detail {
 
@@ -127,8 +123,18 @@ static_assert(kCoarseLookupStep == size_t{1} << 7);
 static_assert(coarse_lookup_index(kMaxFineLookupSize + 1) == kFineLookupEntries);
 inline constexpr size_t kLookupEntries = coarse_lookup_index(kMaxLookupSize) + 1;
 
+// What free's check (is_object_boundary) reads, as two arrays indexed by class: the check
+// addresses both from one base, with the class as a scaled index, and compares and multiplies
+// with them in place. div_magic is ceil(2^64 / size): n is a multiple of size iff
+// n * div_magic < div_magic (Lemire's divisibility test).
+struct BoundaryTable {
+  uint64_t used_bytes[kNumClasses];
+  uint64_t div_magic[kNumClasses];
+};
+
 struct Table {
   SizeClass classes[kNumClasses];
+  BoundaryTable boundary;
   uint8_t lookup[kLookupEntries];
 };
 
@@ -138,7 +144,9 @@ constexpr Table make_table() {
     size_t size = size_of_class(cls);
     uint32_t pages = pages_for(size);
     uint32_t objects = static_cast<uint32_t>(pages * kPageSize / size);
-    t.classes[cls] = SizeClass{~uint64_t{0} / size + 1, objects * size, static_cast<uint32_t>(size), pages, objects};
+    t.classes[cls] = SizeClass{objects * size, static_cast<uint32_t>(size), pages, objects};
+    t.boundary.used_bytes[cls] = objects * size;
+    t.boundary.div_magic[cls] = ~uint64_t{0} / size + 1;
   }
   for (size_t size = 0; size <= kMaxFineLookupSize; size += 8) t.lookup[fine_lookup_index(size)] = static_cast<uint8_t>(class_of_size_computed(size));
   for (size_t size = kMaxFineLookupSize + kCoarseLookupStep; size <= kMaxLookupSize; size += kCoarseLookupStep)
@@ -207,8 +215,8 @@ FM_ALWAYS_INLINE unsigned size_to_class(size_t size) {
 // True when `offset` (below 2^32) is a whole number of objects of class `cls` and lies where an
 // object can start in the class's spans.
 FM_ALWAYS_INLINE bool is_object_boundary(unsigned cls, uint64_t offset) {
-  const SizeClass& sc = size_class(cls);
-  return offset < sc.used_bytes && offset * sc.div_magic < sc.div_magic;
+  const size_class_detail::BoundaryTable& table = size_class_detail::kTable.boundary;
+  return offset < table.used_bytes[cls] && offset * table.div_magic[cls] < table.div_magic[cls];
 }
 
 // One T per size class, each constructed at compile time from its class index (entry 0 is
