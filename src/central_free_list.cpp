@@ -47,7 +47,7 @@ void* CentralFreeList::pop(Span* span) {
   span->free_objects = next;
   mark_free(object);
   ++span->live;
-  if (next == nullptr && span->never_used == span->start + sc.used_bytes)
+  if (next == nullptr && span->never_used == span->start + sc.used_bytes())
     nonempty_.remove(span);
   return object;
 }
@@ -58,7 +58,7 @@ void* CentralFreeList::pop(Span* span) {
 // where their pages fault in.
 int CentralFreeList::carve(Span* span, void** out, int n, Carving* carving) {
   const SizeClass& sc = size_class(size_class_);
-  uintptr_t objects_end = span->start + sc.used_bytes;
+  uintptr_t objects_end = span->start + sc.used_bytes();
   size_t left = (objects_end - span->never_used) / sc.size;
   if (left < static_cast<size_t>(n)) n = static_cast<int>(left);
   uintptr_t first = span->never_used;

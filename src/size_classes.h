@@ -42,10 +42,12 @@ inline constexpr size_t kCoarseLookupStep = 128;
 inline constexpr unsigned kNumClasses = 71;  // 1..70 are classes
 
 struct SizeClass {
-  uint64_t used_bytes;  // objects * size: offsets at or above it in a span hold no object
-  uint32_t size;        // bytes per object
-  uint32_t pages;       // pages per span (at most 255: the span map stores a page's index in 8 bits)
-  uint32_t objects;     // objects per span
+  uint32_t size;     // bytes per object
+  uint32_t pages;    // pages per span (at most 255: the span map stores a page's index in 8 bits)
+  uint32_t objects;  // objects per span
+
+  // Offsets at or above it in a span hold no object.
+  constexpr uint64_t used_bytes() const { return uint64_t{objects} * size; }
 };
 
 namespace size_class_detail {
@@ -115,18 +117,18 @@ constexpr uint32_t pages_for(size_t size) {
 // from the fine ones (both are rounded-up quotients, so each entry stands for the largest size
 // that maps to it).
 inline constexpr size_t kFineLookupEntries = kMaxFineLookupSize / 8 + 1;
-constexpr size_t fine_lookup_index(size_t size) { return (size + 7) >> 3; }
+constexpr size_t fine_lookup_index(size_t size) { return (size + 7) / 8; }
 constexpr size_t coarse_lookup_index(size_t size) {
-  return (size + kCoarseLookupStep - 1 + (kFineLookupEntries - kMaxFineLookupSize / kCoarseLookupStep - 1) * kCoarseLookupStep) >> 7;
+  constexpr size_t kStepsBelow = kMaxFineLookupSize / kCoarseLookupStep;  // covered by the fine entries
+  return (size + kCoarseLookupStep - 1) / kCoarseLookupStep - kStepsBelow - 1 + kFineLookupEntries;
 }
-static_assert(kCoarseLookupStep == size_t{1} << 7);
 static_assert(coarse_lookup_index(kMaxFineLookupSize + 1) == kFineLookupEntries);
 inline constexpr size_t kLookupEntries = coarse_lookup_index(kMaxLookupSize) + 1;
 
 // What free's check (is_object_boundary) reads, as two arrays indexed by class: the check
 // addresses both from one base, with the class as a scaled index, and compares and multiplies
-// with them in place. div_magic is ceil(2^64 / size): n is a multiple of size iff
-// n * div_magic < div_magic (Lemire's divisibility test).
+// with them in place. used_bytes is SizeClass::used_bytes(); div_magic is ceil(2^64 / size): n
+// is a multiple of size iff n * div_magic < div_magic (Lemire's divisibility test).
 struct BoundaryTable {
   uint64_t used_bytes[kNumClasses];
   uint64_t div_magic[kNumClasses];
@@ -144,8 +146,8 @@ constexpr Table make_table() {
     size_t size = size_of_class(cls);
     uint32_t pages = pages_for(size);
     uint32_t objects = static_cast<uint32_t>(pages * kPageSize / size);
-    t.classes[cls] = SizeClass{objects * size, static_cast<uint32_t>(size), pages, objects};
-    t.boundary.used_bytes[cls] = objects * size;
+    t.classes[cls] = SizeClass{static_cast<uint32_t>(size), pages, objects};
+    t.boundary.used_bytes[cls] = t.classes[cls].used_bytes();
     t.boundary.div_magic[cls] = ~uint64_t{0} / size + 1;
   }
   for (size_t size = 0; size <= kMaxFineLookupSize; size += 8) t.lookup[fine_lookup_index(size)] = static_cast<uint8_t>(class_of_size_computed(size));
