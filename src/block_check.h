@@ -41,7 +41,7 @@ using Word = uint64_t __attribute__((may_alias));
 
 // Random per process; fixed by prepare_block_checks() before the first block is handed out, and
 // never changed again (a fork child keeps it, with the heap it copies).
-extern uint64_t g_free_signature;
+extern FM_HIDDEN uint64_t g_free_signature;
 
 FM_ALWAYS_INLINE uint64_t free_signature() { return __atomic_load_n(&g_free_signature, __ATOMIC_RELAXED); }
 FM_ALWAYS_INLINE void mark_free(void* block) { *static_cast<Word*>(block) = free_signature(); }
@@ -68,7 +68,7 @@ bool decode_link(const void* block, uintptr_t span_start, unsigned cls, void** n
 FM_ALWAYS_INLINE bool looks_free(const void* block) { return has_free_signature(block) || is_link(block); }
 
 // FASTMALLOC_HARDEN, read once by prepare_block_checks().
-extern bool g_hardened;
+extern FM_HIDDEN bool g_hardened;
 
 // Reads the options and fixes the signature, once; the allocation slow paths call it before the
 // first block is handed out (every first allocation misses: the per-CPU caches start empty).

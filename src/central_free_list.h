@@ -103,7 +103,7 @@ class CentralFreeList {
   std::atomic<uint64_t> live_{0}, spans_{0}, allocations_{0}, span_misses_{0};
 };
 
-extern PerClass<CentralFreeList> g_central;
+extern FM_HIDDEN PerClass<CentralFreeList> g_central;
 FM_ALWAYS_INLINE CentralFreeList& central_list(unsigned cls) { return g_central.of[cls]; }
 
 }  // namespace fastmalloc

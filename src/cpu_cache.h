@@ -31,7 +31,7 @@ struct alignas(64) PerCpuConfig {
   uint64_t index_field;       // offset in the area of cpu_id or mm_cid
   uint64_t num_slabs;
 };
-extern PerCpuConfig g_percpu;
+extern FM_HIDDEN PerCpuConfig g_percpu;
 
 // Acquire: setup writes the other fields before fast_num_slabs. The test comes before the
 // section because the section's first store goes through rseq_area_offset.

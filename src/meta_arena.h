@@ -30,7 +30,7 @@ class MetaArena {
   size_t mapped_ = 0;
 };
 
-extern MetaArena g_meta_arena;
+extern FM_HIDDEN MetaArena g_meta_arena;
 
 // The free objects of one pool, all `stride` bytes apart where they are neighbours, kept as
 // runs: a run's first object holds {next run, object count}. A long run then needs only the

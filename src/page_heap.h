@@ -199,7 +199,7 @@ class PageHeap {
   std::atomic<bool> shrinking_{false};
 };
 
-extern PageHeap g_page_heap;
-extern MetaPool<Span> g_span_pool;
+extern FM_HIDDEN PageHeap g_page_heap;
+extern FM_HIDDEN MetaPool<Span> g_span_pool;
 
 }  // namespace fastmalloc

@@ -171,6 +171,6 @@ class SpanMap {
   StructureLock structure_lock_;
 };
 
-extern SpanMap g_span_map;
+extern FM_HIDDEN SpanMap g_span_map;
 
 }  // namespace fastmalloc

@@ -83,7 +83,7 @@ class TransferCache {
   std::atomic<uint64_t> hits_{0}, misses_{0}, stocked_{0};
 };
 
-extern PerClass<TransferCache> g_transfer;
+extern FM_HIDDEN PerClass<TransferCache> g_transfer;
 FM_ALWAYS_INLINE TransferCache& transfer_cache(unsigned cls) { return g_transfer.of[cls]; }
 
 }  // namespace fastmalloc

@@ -40,7 +40,7 @@ namespace detail {
 // (kept whole, so the read side stores what it loads). The epoch starts at 1, so a record's
 // epoch is never 0 inside.
 inline constexpr uint64_t kRcuEpochStep = uint64_t{1} << kRcuNestBits;
-extern std::atomic<uint64_t> g_rcu_entry_word;
+extern FM_HIDDEN std::atomic<uint64_t> g_rcu_entry_word;
 // What rcu_read_lock's one test sends away: a nested section, a thread that must fence, or one
 // not registered yet (kFenceFlag, thread_registry.h).
 FM_NOINLINE void rcu_read_lock_slow();

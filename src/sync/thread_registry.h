@@ -50,15 +50,15 @@ namespace detail {
 // a record no thread owns, whose words all carry kFenceFlag, so every read side's first test
 // turns the thread away to a slow path that registers it; the fast read sides need no null
 // test. Never written.
-extern ThreadRecord g_unregistered;
+extern FM_HIDDEN ThreadRecord g_unregistered;
 // constinit: with no dynamic initializer, the compiler reads the slot directly instead of
 // calling a TLS init wrapper on every read-side section.
-extern __attribute__((tls_model("initial-exec"))) constinit thread_local ThreadRecord* t_record;
+extern FM_HIDDEN __attribute__((tls_model("initial-exec"))) constinit thread_local ThreadRecord* t_record;
 FM_NOINLINE ThreadRecord* register_current_thread();
 }  // namespace detail
 
 // Set once, before any record is handed out: membarrier is unavailable, so readers fence.
-extern bool g_readers_fence;
+extern FM_HIDDEN bool g_readers_fence;
 
 // The calling thread's record, registering the thread on first use.
 FM_ALWAYS_INLINE ThreadRecord* current_record() {
@@ -98,8 +98,8 @@ unsigned records_in_use();
 namespace detail {
 inline constexpr unsigned kRecordsPerChunk = 1024;
 inline constexpr unsigned kMaxChunks = 1024;  // a million threads at once
-extern std::atomic<ThreadRecord*> g_chunks[kMaxChunks];
-extern std::atomic<unsigned> g_records_carved;  // records [0, this) have been handed out once
+extern FM_HIDDEN std::atomic<ThreadRecord*> g_chunks[kMaxChunks];
+extern FM_HIDDEN std::atomic<unsigned> g_records_carved;  // records [0, this) have been handed out once
 }  // namespace detail
 
 template <class Visit>
