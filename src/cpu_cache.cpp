@@ -137,6 +137,13 @@ struct alignas(64) SlabControl {
 constexpr uint32_t kNoSlab = ~0u;
 
 Mutex g_setup_lock;
+// vfork (cache_vfork_child_started): the children alive now, counted under g_vfork_lock, which
+// also orders every store of g_percpu.fast_num_slabs after setup's. t_vfork_child is set in a
+// vfork child, in the TLS it shares with its parent thread, which is suspended until the
+// child is done and then clears it.
+Mutex g_vfork_lock;
+uint32_t g_vfork_children = 0;
+constinit thread_local bool t_vfork_child = false;
 Mutex g_scan_lock;  // one scan_slabs or cache_drain_all at a time
 bool g_setup_failed = false;
 CacheMode g_mode = CacheMode::kNotSetUp;
@@ -155,6 +162,13 @@ uint64_t* slab(uint32_t index) { return arch::slab_of(g_percpu.slabs, index); }
 bool is_set_up() { return __atomic_load_n(&g_percpu.slabs, __ATOMIC_ACQUIRE) != 0; }
 
 uintptr_t rseq_area() { return reinterpret_cast<uintptr_t>(__builtin_thread_pointer()) + g_percpu.rseq_area_offset; }
+
+// What fast_num_slabs holds once set up, outside vfork children's lives: 0 where the inline paths
+// must not run (locked mode; statistics and hardened mode, which do their work in the slow path).
+uint64_t inline_paths_num_slabs() {
+  bool inline_paths = g_mode != CacheMode::kLocked && !g_count_hits && !g_hardened;
+  return inline_paths ? g_percpu.num_slabs : 0;
+}
 
 void setup() {
   prepare_block_checks();  // whether hardened mode is on
@@ -189,9 +203,8 @@ void setup() {
   // The slow paths test `slabs`, the fast paths `fast_num_slabs`: each is stored after
   // everything it guards.
   __atomic_store_n(&g_percpu.slabs, reinterpret_cast<uintptr_t>(slabs), __ATOMIC_RELEASE);
-  // Hardened mode checks every call in the front end's slow path, so it has no inline path either.
-  if (g_mode != CacheMode::kLocked && !g_count_hits && !g_hardened)
-    __atomic_store_n(&g_percpu.fast_num_slabs, uint64_t{num_slabs}, __ATOMIC_RELEASE);
+  LockGuard vfork_guard(g_vfork_lock);
+  if (g_vfork_children == 0) __atomic_store_n(&g_percpu.fast_num_slabs, inline_paths_num_slabs(), __ATOMIC_RELEASE);
 }
 
 // Gives class `cls` of a slab its initial room in the nursery, in the control's books (bounds
@@ -223,6 +236,7 @@ void ensure_slab(uint32_t index) {
 // The slab index the fast path would use for this thread, registering the thread first where
 // this library registers its own rseq area. kNoSlab when the thread has no usable index.
 uint32_t rseq_index() {
+  if (FM_UNLIKELY(t_vfork_child)) return kNoSlab;  // the area holds its parent's index
   auto read_index = [] {
     return __atomic_load_n(reinterpret_cast<const uint32_t*>(rseq_area() + g_percpu.index_field), __ATOMIC_RELAXED);
   };
@@ -743,6 +757,20 @@ void cache_set_up() {
   if (!is_set_up()) setup();
 }
 
+void cache_vfork_child_started() {
+  t_vfork_child = true;
+  LockGuard guard(g_vfork_lock);
+  if (g_vfork_children++ == 0) __atomic_store_n(&g_percpu.fast_num_slabs, uint64_t{0}, __ATOMIC_RELAXED);
+}
+
+void cache_vfork_parent_resumed() {
+  if (!t_vfork_child) return;  // the child never got as far as cache_vfork_child_started
+  t_vfork_child = false;
+  LockGuard guard(g_vfork_lock);
+  if (--g_vfork_children == 0 && is_set_up())
+    __atomic_store_n(&g_percpu.fast_num_slabs, inline_paths_num_slabs(), __ATOMIC_RELEASE);
+}
+
 CacheMode cache_mode() {
   cache_set_up();
   return g_mode;
@@ -786,11 +814,13 @@ CacheStats cache_stats() {
 void cache_lock_all() {
   g_setup_lock.lock();
   g_scan_lock.lock();
-  if (g_control == nullptr) return;
-  for (uint32_t i = 0; i < g_percpu.num_slabs; ++i) g_control[i].lock.lock();
+  if (g_control != nullptr)
+    for (uint32_t i = 0; i < g_percpu.num_slabs; ++i) g_control[i].lock.lock();
+  g_vfork_lock.lock();
 }
 
 void cache_unlock_all() {
+  g_vfork_lock.unlock();
   if (g_control != nullptr)
     for (uint32_t i = g_percpu.num_slabs; i-- > 0;) g_control[i].lock.unlock();
   g_scan_lock.unlock();
@@ -798,6 +828,11 @@ void cache_unlock_all() {
 }
 
 void cache_reset_locks_after_fork() {
+  g_vfork_lock.reset_after_fork();
+  // Only the forking thread lives on in the child: the vfork children of the others are not its.
+  g_vfork_children = t_vfork_child ? 1 : 0;
+  if (g_vfork_children == 0 && is_set_up())
+    __atomic_store_n(&g_percpu.fast_num_slabs, inline_paths_num_slabs(), __ATOMIC_RELEASE);
   if (g_control != nullptr)
     for (uint32_t i = 0; i < g_percpu.num_slabs; ++i) g_control[i].lock.reset_after_fork();
   g_scan_lock.reset_after_fork();

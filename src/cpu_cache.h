@@ -23,7 +23,8 @@ namespace fastmalloc {
 // Read by every fast path; written once, at setup. Until then fast_num_slabs is 0 and every
 // fast path misses into the slow path, which sets up. It stays 0 where the inline fast paths
 // must not run: in locked mode, and when statistics are on (hits are then counted, by the
-// counting sections the slow path runs, so the inline paths carry no counter).
+// counting sections the slow path runs, so the inline paths carry no counter); and it is 0 while
+// a vfork child lives (cache_vfork_child_started).
 struct alignas(64) PerCpuConfig {
   uint64_t fast_num_slabs;    // num_slabs, or 0 (see above)
   uintptr_t slabs;
@@ -70,6 +71,19 @@ void cache_drain_all();
 // the registration for the membarrier drains use. The library does it at load, for the reason
 // sync::registry_set_up() gives.
 void cache_set_up();
+
+// vfork: the child runs on its parent thread's stack and TLS until it calls exec or _exit, so
+// the rseq area it reads is its parent's, and the kernel no longer updates it for the child (a
+// task made with CLONE_VM starts without an rseq registration): its index names the slab of a
+// CPU (or mm_cid) that another thread may be using at that moment, outside any critical section
+// of the child's. POSIX leaves a vfork child that calls malloc undefined; programs do it anyway
+// (building argv, opendir to close descriptors, exit() instead of _exit()), and glibc's malloc
+// copes. So from the child's start until its parent thread resumes, every thread's inline fast
+// paths miss (fast_num_slabs is 0), and the child's slow paths leave the slabs alone, going to
+// the transfer caches and central lists under their locks. Called by the library's vfork().
+void cache_vfork_child_started();
+// In the parent thread once its child has exec'd or exited; nothing if the child never started.
+void cache_vfork_parent_resumed();
 
 enum class CacheMode : uint8_t { kNotSetUp, kRseqMmCid, kRseqCpuId, kLocked };
 CacheMode cache_mode();

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <malloc.h>
+#include <sys/types.h>
 
 #include "base.h"
 #include "cpu_cache.h"
@@ -14,6 +15,7 @@
 #include "page_heap.h"
 #include "report.h"
 #include "transfer_cache.h"
+#include "vfork.h"
 
 using namespace fastmalloc;
 
@@ -162,4 +164,23 @@ FM_EXPORT int fastmalloc_get_property(const char* name, size_t* value) noexcept 
   return 0;
 }
 
+// vfork, defined by the architecture's assembly (arch/*/vfork.h), which hands the system call's
+// result here: the child must keep off the per-CPU slabs until it is done, and its parent thread,
+// which resumes only then, lets the fast paths back on (cache_vfork_child_started says why).
+// The child enters by the same path, so it is marked before it can call malloc. errno is left
+// as it was but on failure, as glibc's vfork leaves it.
+FM_HIDDEN __attribute__((used)) pid_t fastmalloc_vfork_returned(long raw) noexcept {
+  int saved_errno = errno;
+  if (raw == 0) cache_vfork_child_started();
+  else cache_vfork_parent_resumed();
+  if (raw < 0 && raw > -4096) {
+    errno = static_cast<int>(-raw);
+    return -1;
+  }
+  errno = saved_errno;
+  return static_cast<pid_t>(raw);
+}
+
 }  // extern "C"
+
+FM_DEFINE_VFORK(fastmalloc_vfork_returned)

@@ -14,7 +14,9 @@
 //                               without the lock. One scan (idle drain, shrink) or
 //                               malloc_trim drain at a time: the cache scan lock.
 //   PerCpuConfig (g_percpu)     written once at setup under the setup lock; published by a
-//                               release store of `slabs`, which fast paths test first
+//                               release store of `slabs`, which fast paths test first; its
+//                               fast_num_slabs is stored under the cache's vfork lock, with
+//                               the count of live vfork children that keeps it 0
 //   transfer cache of a class   its TransferCache::lock()
 //   central list of a class     its CentralFreeList::lock(): the nonempty span list, every
 //                               field of the spans the class owns, their free objects. But a
@@ -65,8 +67,8 @@
 //                               malloc_trim.
 //   metadata arena              MetaArena::lock()
 // LOCK ORDER (take left before right; never the other way):
-//   RCU grace period -> cache setup -> cache scan -> slab control (ascending) -> transfer
-//     cache (ascending class) -> central list (ascending class) -> page heap growth ->
+//   RCU grace period -> cache setup -> cache scan -> slab control (ascending) -> cache vfork
+//     count -> transfer cache (ascending class) -> central list (ascending class) -> page heap growth ->
 //     page heap -> span map ->
 //     span-map prwlock writer -> RCU callback queue -> metadata arena -> thread registry
 #include "front_end.h"

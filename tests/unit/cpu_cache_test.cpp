@@ -1,0 +1,83 @@
+// The per-CPU caches' guard for vfork children: while one lives, the inline fast paths are off
+// for every thread, and the child's own calls keep off the slabs.
+#include <catch2/catch.hpp>
+
+#include <semaphore>
+#include <thread>
+#include <vector>
+
+#include "cpu_cache.h"
+#include "front_end.h"
+#include "size_classes.h"
+
+using namespace fastmalloc;
+
+namespace {
+uint64_t inline_paths() { return __atomic_load_n(&g_percpu.fast_num_slabs, __ATOMIC_ACQUIRE); }
+
+uint64_t slab_objects(unsigned cls) { return cache_stats().class_objects[cls]; }
+}  // namespace
+
+TEST_CASE("the inline fast paths are off from the first vfork child's start to the last parent's resumption") {
+  cache_set_up();
+  const uint64_t on = inline_paths();
+  REQUIRE(on == (cache_mode() == CacheMode::kLocked ? 0 : g_percpu.num_slabs));
+
+  // A parent thread that never saw its child start changes nothing.
+  cache_vfork_parent_resumed();
+  REQUIRE(inline_paths() == on);
+
+  // Children of two threads live at once (a vfork child shares its parent thread's TLS, so a
+  // thread here stands for both): the first parent to resume leaves the paths off.
+  std::binary_semaphore first_started{0}, first_may_resume{0};
+  std::thread first([&] {
+    cache_vfork_child_started();
+    first_started.release();
+    first_may_resume.acquire();
+    cache_vfork_parent_resumed();
+  });
+  first_started.acquire();
+  CHECK(inline_paths() == 0);
+  uint64_t while_second_lived = on;
+  std::thread second([&] {
+    cache_vfork_child_started();
+    while_second_lived = inline_paths();
+    cache_vfork_parent_resumed();
+  });
+  second.join();
+  CHECK(while_second_lived == 0);
+  CHECK(inline_paths() == 0);
+  // A thread whose child never started cannot resume for first.
+  std::thread stranger([] { cache_vfork_parent_resumed(); });
+  stranger.join();
+  CHECK(inline_paths() == 0);
+  // CHECKs above, so that first is always released and joined.
+  first_may_resume.release();
+  first.join();
+  REQUIRE(inline_paths() == on);
+}
+
+TEST_CASE("a vfork child's allocations and frees keep off the per-CPU slabs") {
+  cache_set_up();
+  REQUIRE(cache_mode() != CacheMode::kLocked);  // the rseq modes are the ones a child endangers
+  const unsigned cls = size_to_class(64);
+  std::vector<void*> blocks;
+  for (int i = 0; i < 200; ++i) blocks.push_back(allocate(64));
+  for (void* p : blocks) deallocate(p, "free");
+  blocks.clear();
+  // Normal calls do use the slab: its frees land there.
+  REQUIRE(slab_objects(cls) > 0);
+
+  std::thread child([&] {
+    cache_vfork_child_started();
+    const uint64_t before = slab_objects(cls);
+    for (int round = 0; round < 3; ++round) {
+      for (int i = 0; i < 300; ++i) blocks.push_back(allocate(64));
+      for (void* p : blocks) deallocate(p, "free");
+      blocks.clear();
+    }
+    CHECK(slab_objects(cls) == before);
+    cache_vfork_parent_resumed();
+  });
+  child.join();
+}
