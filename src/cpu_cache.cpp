@@ -138,12 +138,13 @@ constexpr uint32_t kNoSlab = ~0u;
 
 Mutex g_setup_lock;
 // vfork (cache_vfork_child_started): the children alive now, counted under g_vfork_lock, which
-// also orders every store of g_percpu.fast_num_slabs after setup's. t_vfork_child is set in a
-// vfork child, in the TLS it shares with its parent thread, which is suspended until the
-// child is done and then clears it.
+// also orders every store of g_percpu.fast_num_slabs after setup's. t_vfork_depth is raised by
+// a vfork child, in the TLS it shares with its parent thread, which is suspended until the
+// child is done and then lowers it: a depth, not a flag, so that a child that itself vforks
+// is still marked once its own child is done.
 Mutex g_vfork_lock;
 uint32_t g_vfork_children = 0;
-constinit thread_local bool t_vfork_child = false;
+constinit thread_local uint32_t t_vfork_depth = 0;
 Mutex g_scan_lock;  // one scan_slabs or cache_drain_all at a time
 bool g_setup_failed = false;
 CacheMode g_mode = CacheMode::kNotSetUp;
@@ -236,7 +237,7 @@ void ensure_slab(uint32_t index) {
 // The slab index the fast path would use for this thread, registering the thread first where
 // this library registers its own rseq area. kNoSlab when the thread has no usable index.
 uint32_t rseq_index() {
-  if (FM_UNLIKELY(t_vfork_child)) return kNoSlab;  // the area holds its parent's index
+  if (FM_UNLIKELY(t_vfork_depth != 0)) return kNoSlab;  // the area holds its parent's index
   auto read_index = [] {
     return __atomic_load_n(reinterpret_cast<const uint32_t*>(rseq_area() + g_percpu.index_field), __ATOMIC_RELAXED);
   };
@@ -758,14 +759,14 @@ void cache_set_up() {
 }
 
 void cache_vfork_child_started() {
-  t_vfork_child = true;
+  ++t_vfork_depth;
   LockGuard guard(g_vfork_lock);
   if (g_vfork_children++ == 0) __atomic_store_n(&g_percpu.fast_num_slabs, uint64_t{0}, __ATOMIC_RELAXED);
 }
 
 void cache_vfork_parent_resumed() {
-  if (!t_vfork_child) return;  // the child never got as far as cache_vfork_child_started
-  t_vfork_child = false;
+  if (t_vfork_depth == 0) return;  // the child never got as far as cache_vfork_child_started
+  --t_vfork_depth;
   LockGuard guard(g_vfork_lock);
   if (--g_vfork_children == 0 && is_set_up())
     __atomic_store_n(&g_percpu.fast_num_slabs, inline_paths_num_slabs(), __ATOMIC_RELEASE);
@@ -830,7 +831,7 @@ void cache_unlock_all() {
 void cache_reset_locks_after_fork() {
   g_vfork_lock.reset_after_fork();
   // Only the forking thread lives on in the child: the vfork children of the others are not its.
-  g_vfork_children = t_vfork_child ? 1 : 0;
+  g_vfork_children = t_vfork_depth;
   if (g_vfork_children == 0 && is_set_up())
     __atomic_store_n(&g_percpu.fast_num_slabs, inline_paths_num_slabs(), __ATOMIC_RELEASE);
   if (g_control != nullptr)

@@ -68,16 +68,27 @@ TEST_CASE("a vfork child's allocations and frees keep off the per-CPU slabs") {
   // Normal calls do use the slab: its frees land there.
   REQUIRE(slab_objects(cls) > 0);
 
+  // One thread stands for the parent, its child and the child's own vfork child, which share
+  // its TLS; the slab is checked while the child lives, before and after its child.
   std::thread child([&] {
     cache_vfork_child_started();
     const uint64_t before = slab_objects(cls);
-    for (int round = 0; round < 3; ++round) {
-      for (int i = 0; i < 300; ++i) blocks.push_back(allocate(64));
-      for (void* p : blocks) deallocate(p, "free");
-      blocks.clear();
-    }
+    auto allocate_and_free = [&] {
+      for (int round = 0; round < 3; ++round) {
+        for (int i = 0; i < 300; ++i) blocks.push_back(allocate(64));
+        for (void* p : blocks) deallocate(p, "free");
+        blocks.clear();
+      }
+    };
+    allocate_and_free();
+    CHECK(slab_objects(cls) == before);
+    cache_vfork_child_started();
+    allocate_and_free();
+    cache_vfork_parent_resumed();
+    allocate_and_free();
     CHECK(slab_objects(cls) == before);
     cache_vfork_parent_resumed();
   });
   child.join();
+  REQUIRE(inline_paths() == g_percpu.num_slabs);
 }
