@@ -27,23 +27,6 @@ namespace {
 std::atomic<long> signals_seen{0};
 void on_signal(int) { signals_seen.fetch_add(1, std::memory_order_relaxed); }
 
-std::vector<int> allowed_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  sched_getaffinity(0, sizeof set, &set);
-  std::vector<int> cpus;
-  for (int c = 0; c < CPU_SETSIZE; ++c)
-    if (CPU_ISSET(c, &set)) cpus.push_back(c);
-  return cpus;
-}
-
-void pin_to(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  sched_setaffinity(0, sizeof set, &set);
-}
-
 }  // namespace
 
 TEST_CASE("per-CPU caches under oversubscription, migration, a 20 kHz signal storm and malloc_trim") {

@@ -1,6 +1,6 @@
 // Helpers for tests that run with libfastmalloc.so preloaded: checking the library is really the
-// one answering, blocks that carry a check pattern, running code in a child process and reading
-// how it ended.
+// one answering, blocks that carry a check pattern, the CPUs a test may use, running code in a
+// child process and reading how it ended.
 #pragma once
 
 #include <catch2/catch.hpp>
@@ -10,7 +10,9 @@
 #include <cstring>
 #include <dlfcn.h>
 #include <malloc.h>
+#include <sched.h>
 #include <string>
+#include <vector>
 
 // True when the suite runs with FASTMALLOC_HARDEN=1 (the mode the CTest case "mode: harden" sets).
 inline bool hardened() {
@@ -33,6 +35,24 @@ inline bool resolves_to_fastmalloc(const char* symbol) {
   Dl_info info{};
   return address != nullptr && dladdr(address, &info) != 0 && info.dli_fname != nullptr &&
          std::string(info.dli_fname).find("libfastmalloc.so") != std::string::npos;
+}
+
+// The CPUs this process may run on, and pinning the calling thread to one of them.
+inline std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  sched_getaffinity(0, sizeof set, &set);
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  return cpus;
+}
+
+inline void pin_to(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  sched_setaffinity(0, sizeof set, &set);
 }
 
 struct ChildResult {

@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <sched.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -17,16 +16,6 @@
 #include "preload_support.h"
 
 namespace {
-
-std::vector<int> allowed_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  sched_getaffinity(0, sizeof set, &set);
-  std::vector<int> cpus;
-  for (int c = 0; c < CPU_SETSIZE; ++c)
-    if (CPU_ISSET(c, &set)) cpus.push_back(c);
-  return cpus;
-}
 
 // What a careless child does between vfork and _exit: allocates, writes and frees.
 [[noreturn]] void vfork_child_allocates() {
@@ -67,10 +56,7 @@ TEST_CASE("vfork children allocate and free while the parent's other threads all
     std::vector<std::thread> workers;
     for (size_t t = 0; t < 2 * cpus.size(); ++t) {
       workers.emplace_back([&, t] {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(cpus[t % cpus.size()], &set);
-        sched_setaffinity(0, sizeof set, &set);
+        pin_to(cpus[t % cpus.size()]);
         std::vector<void*> held(64, nullptr);
         uint32_t tag = static_cast<uint32_t>(t) << 24, i = 0;
         while (!stop.load(std::memory_order_relaxed)) {
