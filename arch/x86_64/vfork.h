@@ -12,8 +12,8 @@
 // `returned(raw)` with its raw result (0 in the child; in the parent, once the child has called
 // exec or _exit, the child's pid or -errno). What `returned` returns is vfork's result.
 //
-//   return_address = pop()     the child's calls will reuse this stack slot, but the system
-//                              call keeps each task's registers, so the address stays in one
+//   return_address = pop()     the child's calls will reuse this stack slot; registers are
+//                              each task's own, so both keep the address in %rdi
 //   raw = syscall(SYS_vfork)
 //   push(return_address)
 //   tail call returned(raw)    its frame starts where vfork's did
