@@ -22,6 +22,15 @@ inline constexpr size_t kPageSize = size_t{1} << kPageShift;
 // User-space addresses on x86-64 (4-level paging) are below 2^47; we map nothing higher.
 inline constexpr unsigned kAddressBits = 48;
 
+// A global that fast paths read on every call and that must not share its cache line with
+// anything other CPUs write: the linker packs .data and .bss by size and alignment, not by how
+// often each variable is written. (The alignment also pads the size to a whole line.)
+inline constexpr size_t kCacheLineBytes = 64;
+template <class T>
+struct alignas(kCacheLineBytes) CacheLineAlone {
+  T value;
+};
+
 inline constexpr size_t round_up(size_t n, size_t align) { return (n + align - 1) & ~(align - 1); }
 inline constexpr bool is_power_of_two(size_t n) { return n != 0 && (n & (n - 1)) == 0; }
 

@@ -9,8 +9,8 @@ namespace fastmalloc {
 
 // Before prepare_block_checks() (and in the unit tests, which never call it) the signature is
 // this constant: any value works as long as it does not change while blocks carry it.
-constinit uint64_t g_free_signature = 0xa5c3'96e1'0f2d'b47bu;
-constinit bool g_hardened = false;
+constinit CacheLineAlone<uint64_t> g_free_signature = {0xa5c3'96e1'0f2d'b47bu};
+constinit CacheLineAlone<bool> g_hardened = {false};
 
 namespace {
 
@@ -33,8 +33,8 @@ void prepare_block_checks() {
   LockGuard guard(g_prepare_lock);
   if (g_prepared.load(std::memory_order_relaxed)) return;
   // No block has been handed out yet: every allocating path calls this first.
-  __atomic_store_n(&g_free_signature, make_secret(), __ATOMIC_RELAXED);
-  g_hardened = options().harden;
+  __atomic_store_n(&g_free_signature.value, make_secret(), __ATOMIC_RELAXED);
+  g_hardened.value = options().harden;
   g_prepared.store(true, std::memory_order_release);
 }
 

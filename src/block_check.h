@@ -40,10 +40,12 @@ namespace fastmalloc {
 using Word = uint64_t __attribute__((may_alias));
 
 // Random per process; fixed by prepare_block_checks() before the first block is handed out, and
-// never changed again (a fork child keeps it, with the heap it copies).
-extern FM_HIDDEN uint64_t g_free_signature;
+// never changed again (a fork child keeps it, with the heap it copies). Every malloc and free
+// reads it: in a line shared with the span-descriptor pool, whose lock and free list each span's
+// birth and death write, it cost the other CPUs a miss on their next call each time.
+extern FM_HIDDEN CacheLineAlone<uint64_t> g_free_signature;
 
-FM_ALWAYS_INLINE uint64_t free_signature() { return __atomic_load_n(&g_free_signature, __ATOMIC_RELAXED); }
+FM_ALWAYS_INLINE uint64_t free_signature() { return __atomic_load_n(&g_free_signature.value, __ATOMIC_RELAXED); }
 FM_ALWAYS_INLINE void mark_free(void* block) { *static_cast<Word*>(block) = free_signature(); }
 FM_ALWAYS_INLINE bool has_free_signature(const void* block) { return *static_cast<const Word*>(block) == free_signature(); }
 FM_ALWAYS_INLINE void mark_handed_out(void* block) { *static_cast<Word*>(block) = 0; }
@@ -67,8 +69,9 @@ bool decode_link(const void* block, uintptr_t span_start, unsigned cls, void** n
 // Free in the eyes of a check that reads the block anyway (realloc, malloc_usable_size).
 FM_ALWAYS_INLINE bool looks_free(const void* block) { return has_free_signature(block) || is_link(block); }
 
-// FASTMALLOC_HARDEN, read once by prepare_block_checks().
-extern FM_HIDDEN bool g_hardened;
+// FASTMALLOC_HARDEN, read once by prepare_block_checks(); realloc and the slow paths test it.
+extern FM_HIDDEN CacheLineAlone<bool> g_hardened;
+FM_ALWAYS_INLINE bool hardened_mode() { return g_hardened.value; }
 
 // Reads the options and fixes the signature, once; the allocation slow paths call it before the
 // first block is handed out (every first allocation misses: the per-CPU caches start empty).
@@ -80,7 +83,7 @@ void prepare_block_checks();
 // path, which picks the class from the size, needs no test for the mode.
 inline constexpr size_t kCanaryBytes = 8;
 static_assert(size_class_detail::size_of_class(2) - size_class_detail::size_of_class(1) >= kCanaryBytes);
-FM_ALWAYS_INLINE size_t canary_bytes() { return g_hardened ? kCanaryBytes : 0; }
+FM_ALWAYS_INLINE size_t canary_bytes() { return hardened_mode() ? kCanaryBytes : 0; }
 // The canary of a block the program holds, and of one it has freed.
 FM_ALWAYS_INLINE uint64_t live_canary_for(const void* block) {
   return (free_signature() * 0x9e3779b97f4a7c15u) ^ reinterpret_cast<uintptr_t>(block);

@@ -152,7 +152,9 @@ bool g_own_registration = false;
 bool g_membarrier = false;
 bool g_count_hits = false;  // FASTMALLOC_STATS: the slow paths run the counting pops and pushes
 SlabControl* g_control = nullptr;
-std::atomic<uint64_t> g_alloc_misses{0}, g_free_misses{0};
+// Every CPU adds to these on each slab miss: each on a line of its own, away from the flags
+// above, which every slow path reads.
+CacheLineAlone<std::atomic<uint64_t>> g_alloc_misses = {0}, g_free_misses = {0};
 
 void count(std::atomic<uint64_t>& counter, uint64_t n) { counter.fetch_add(n, std::memory_order_relaxed); }
 
@@ -167,7 +169,7 @@ uintptr_t rseq_area() { return reinterpret_cast<uintptr_t>(__builtin_thread_poin
 // What fast_num_slabs holds once set up, outside vfork children's lives: 0 where the inline paths
 // must not run (locked mode; statistics and hardened mode, which do their work in the slow path).
 uint64_t inline_paths_num_slabs() {
-  bool inline_paths = g_mode != CacheMode::kLocked && !g_count_hits && !g_hardened;
+  bool inline_paths = g_mode != CacheMode::kLocked && !g_count_hits && !hardened_mode();
   return inline_paths ? g_percpu.num_slabs : 0;
 }
 
@@ -416,7 +418,7 @@ template <class Slab>
 void* refill_pop(const Slab& slab, unsigned cls) {
   void* p;
   if (slab.pop(cls, &p)) return p;
-  count(g_alloc_misses, 1);
+  count(g_alloc_misses.value, 1);
   uint32_t misses = slab.note_miss(cls, true);
   void* batch[kMaxBatch];
   int want = refill_size(cls, misses), room = room_of(slab.index, cls);
@@ -433,7 +435,7 @@ void* refill_pop(const Slab& slab, unsigned cls) {
 template <class Slab>
 bool overflow_push(const Slab& slab, unsigned cls, void* p) {
   if (slab.push(cls, p)) return false;
-  count(g_free_misses, 1);
+  count(g_free_misses.value, 1);
   slab.note_miss(cls, false);
   if (slab.push(cls, p, false)) return false;  // the class grew (the free counted as a miss)
   void* batch[kMaxBatch + 1];
@@ -790,8 +792,8 @@ const char* cache_mode_name(CacheMode mode) {
 CacheStats cache_stats() {
   CacheStats stats{};
   stats.hits_counted = g_count_hits;
-  stats.alloc_misses = g_alloc_misses.load(std::memory_order_relaxed);
-  stats.free_misses = g_free_misses.load(std::memory_order_relaxed);
+  stats.alloc_misses = g_alloc_misses.value.load(std::memory_order_relaxed);
+  stats.free_misses = g_free_misses.value.load(std::memory_order_relaxed);
   if (!is_set_up()) return stats;
   stats.can_drain_remote = g_membarrier || g_mode == CacheMode::kLocked;
   for (uint32_t i = 0; i < g_percpu.num_slabs; ++i) {

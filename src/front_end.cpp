@@ -128,7 +128,7 @@ void harden_freed(void* p, unsigned cls, const char* call) {
 // The class a request of `size` is carved from: its own, or in hardened mode the next one up
 // (kNumClasses and above: a large block).
 unsigned carved_class(size_t size) {
-  return size <= kMaxSmallSize ? size_to_class(size) + (g_hardened ? 1 : 0) : kNumClasses;
+  return size <= kMaxSmallSize ? size_to_class(size) + (hardened_mode() ? 1 : 0) : kNumClasses;
 }
 
 [[noreturn]] void report_not_live(const void* p, const char* call) {
@@ -140,7 +140,7 @@ unsigned carved_class(size_t size) {
 void check_live(const Span* span, const void* p, const char* call) {
   if (span->state != SpanState::kSmall) return;
   if (looks_free(p)) report_not_live(p, call);
-  if (!g_hardened) return;
+  if (!hardened_mode()) return;
   CanaryState state = canary_state(canary_of(p, span->size_class), p);
   if (state == CanaryState::kFreed) report_not_live(p, call);
   if (state == CanaryState::kOther) report_bad_canary(p, call);
@@ -178,7 +178,7 @@ void* refill_and_hand_out(unsigned cls) { return hand_out(cache_refill_pop(cls))
 
 void* allocate_small_miss(unsigned cls) {
   prepare_block_checks();
-  if (g_hardened) return allocate_hardened(cls + 1);
+  if (hardened_mode()) return allocate_hardened(cls + 1);
   return refill_and_hand_out(cls);
 }
 
@@ -191,7 +191,7 @@ void* allocate_hardened(unsigned cls) {
 }
 
 void deallocate_small_miss(unsigned cls, void* p, const char* call) {
-  if (g_hardened) harden_freed(p, cls, call);
+  if (hardened_mode()) harden_freed(p, cls, call);
   cache_overflow_push(cls, p);
 }
 
@@ -243,14 +243,14 @@ size_t block_size(const Span* span) {
 // placed with room to grow up to the largest class, so it moves at most once on its way there.
 // Hardened mode keeps a canary at the block's end and carves the class above; it always moves.
 bool grows_into_alone_class(const Span* span, unsigned cls) {
-  return cls > span->size_class && cls < kNumClasses && one_block_per_span(cls) && !g_hardened;
+  return cls > span->size_class && cls < kNumClasses && one_block_per_span(cls) && !hardened_mode();
 }
 
 // realloc shrinking a block alone in its span into a smaller class of such blocks: the span
 // keeps its first pages and frees the rest, so the block neither moves nor is copied (hardened
 // mode moves it, with its canary).
 bool shrinks_alone(const Span* span, unsigned cls) {
-  return cls < span->size_class && one_block_per_span(cls) && one_block_per_span(span->size_class) && !g_hardened;
+  return cls < span->size_class && one_block_per_span(cls) && one_block_per_span(span->size_class) && !hardened_mode();
 }
 
 // realloc moving a block between classes of several blocks per span, from `cls` to `fits`
@@ -278,7 +278,7 @@ void* allocate_to_grow(unsigned cls, size_t size, unsigned fits) {
 // span, and holds at most 2.5 times its size meanwhile.
 bool stays_in_growable_span(const Span* span, size_t size) {
   return span->size_class == kFirstAloneClass && size >= kGrowableFromSize &&
-         size <= size_class(kFirstAloneClass).size && !g_hardened;
+         size <= size_class(kFirstAloneClass).size && !hardened_mode();
 }
 
 }  // namespace
@@ -300,7 +300,7 @@ void* allocate_zeroed_uncached(unsigned cls, size_t total) {
   bool untouched = false;
   void* p = detail::hand_out(cache_take_uncached(cls, &untouched));
   if (FM_UNLIKELY(p == nullptr)) return nullptr;
-  if (g_hardened) harden_handed_out(p, cls);
+  if (hardened_mode()) harden_handed_out(p, cls);
   if (!untouched) memset(p, 0, total);
   return p;
 }
@@ -330,7 +330,7 @@ void* allocate_aligned(size_t align, size_t size) {
     // a page boundary. Every power of two is a class, so at most a few classes are skipped.
     size_t wanted = needed > align ? needed : align;
     for (unsigned cls = size_to_class(wanted); cls < kNumClasses; ++cls)
-      if (size_class(cls).size % align == 0) return g_hardened ? detail::allocate_hardened(cls) : allocate_small(cls);
+      if (size_class(cls).size % align == 0) return hardened_mode() ? detail::allocate_hardened(cls) : allocate_small(cls);
   }
   return allocate_large(size == 0 ? 1 : size, align);
 }
@@ -343,7 +343,7 @@ void* reallocate(void* p, size_t size, const char* call) {
   // block is live), without entering RCU to read the descriptor. Blocks alone in their spans
   // resize their spans, which needs the descriptor; hardened mode, which carves from the class
   // above and checks the canary, takes that longer path too.
-  if (size - 1 < kMaxSmallSize && !g_hardened) {
+  if (size - 1 < kMaxSmallSize && !hardened_mode()) {
     unsigned cls = small_block_class(reinterpret_cast<uintptr_t>(p)), new_cls = size_to_class(size);
     if (cls != 0 && !one_block_per_span(cls) && !one_block_per_span(new_cls)) {
       if (looks_free(p)) report_not_live(p, call);
@@ -378,7 +378,7 @@ void* reallocate(void* p, size_t size, const char* call) {
     if (!g_page_heap.remap_large(span, size)) return out_of_memory();
     return reinterpret_cast<void*>(span->start);
   }
-  if (fresh == nullptr && span->state == SpanState::kSmall && !g_hardened && !one_block_per_span(span->size_class) &&
+  if (fresh == nullptr && span->state == SpanState::kSmall && !hardened_mode() && !one_block_per_span(span->size_class) &&
       size <= kMaxSmallSize && !one_block_per_span(size_to_class(size))) {
     // Between classes of several blocks per span, as above (reached here when the map's read
     // side needs its slow path).

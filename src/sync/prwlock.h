@@ -71,8 +71,10 @@ class PrwlockCore {
   // bit, kWriterInside, makes it odd while a writer is inside; kVersionStep advances it.
   static constexpr uint64_t kVersionStep = uint64_t{1} << kPrwNestBits, kWriterInside = kVersionStep;
   // Zero at start, like everything else in the lock, so a lock inside a large object (the span
-  // map) leaves that object in .bss.
-  std::atomic<uint64_t> version_word_{0};
+  // map) leaves that object in .bss. It starts a cache line, which holds nothing else but the
+  // writer side (written only with the version): every free reads it twice, and the span map's
+  // mutex, taken for each large block, used to share its line.
+  alignas(kCacheLineBytes) std::atomic<uint64_t> version_word_{0};
   Mutex writer_;
   const unsigned slot_;
 };

@@ -8,7 +8,7 @@
 namespace fastmalloc::sync {
 
 namespace detail {
-std::atomic<uint64_t> g_rcu_entry_word{kRcuEpochStep | 1};
+CacheLineAlone<std::atomic<uint64_t>> g_rcu_entry_word = {kRcuEpochStep | 1};
 
 void rcu_read_lock_slow() {
   ThreadRecord* r = current_record();
@@ -18,7 +18,7 @@ void rcu_read_lock_slow() {
     return;
   }
   const uint64_t flag = word & kFenceFlag;
-  r->rcu.store(g_rcu_entry_word.load(std::memory_order_relaxed) | flag, std::memory_order_relaxed);
+  r->rcu.store(g_rcu_entry_word.value.load(std::memory_order_relaxed) | flag, std::memory_order_relaxed);
   if (flag != 0) std::atomic_thread_fence(std::memory_order_seq_cst);  // writers cannot fence for us
   else std::atomic_signal_fence(std::memory_order_seq_cst);
 }
@@ -85,7 +85,7 @@ void wait_for_readers(uint64_t target) {
 // enter after the epoch advance need no wait.
 uint64_t start_grace_period_locked() {
   writer_fence();
-  return (g_rcu_entry_word.fetch_add(kRcuEpochStep, std::memory_order_seq_cst) + kRcuEpochStep) >> kRcuNestBits;
+  return (g_rcu_entry_word.value.fetch_add(kRcuEpochStep, std::memory_order_seq_cst) + kRcuEpochStep) >> kRcuNestBits;
 }
 
 Queue take_queued() {

@@ -40,7 +40,8 @@ namespace detail {
 // (kept whole, so the read side stores what it loads). The epoch starts at 1, so a record's
 // epoch is never 0 inside.
 inline constexpr uint64_t kRcuEpochStep = uint64_t{1} << kRcuNestBits;
-extern FM_HIDDEN std::atomic<uint64_t> g_rcu_entry_word;
+// Read by every read side, written by grace periods only: on a line of its own.
+extern FM_HIDDEN CacheLineAlone<std::atomic<uint64_t>> g_rcu_entry_word;
 // What rcu_read_lock's one test sends away: a nested section, a thread that must fence, or one
 // not registered yet (kFenceFlag, thread_registry.h).
 FM_NOINLINE void rcu_read_lock_slow();
@@ -49,7 +50,7 @@ FM_NOINLINE void rcu_read_lock_slow();
 FM_ALWAYS_INLINE void rcu_read_lock() {
   ThreadRecord* r = detail::t_record;
   if (FM_LIKELY((r->rcu.load(std::memory_order_relaxed) & kNestMask) == 0)) {
-    r->rcu.store(detail::g_rcu_entry_word.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    r->rcu.store(detail::g_rcu_entry_word.value.load(std::memory_order_relaxed), std::memory_order_relaxed);
     std::atomic_signal_fence(std::memory_order_seq_cst);  // writers fence for us (membarrier)
   } else {
     detail::rcu_read_lock_slow();
