@@ -22,9 +22,10 @@ inline constexpr size_t kPageSize = size_t{1} << kPageShift;
 // User-space addresses on x86-64 (4-level paging) are below 2^47; we map nothing higher.
 inline constexpr unsigned kAddressBits = 48;
 
-// A global that fast paths read on every call and that must not share its cache line with
-// anything other CPUs write: the linker packs .data and .bss by size and alignment, not by how
-// often each variable is written. (The alignment also pads the size to a whole line.)
+// A global with a cache line to itself: one that fast paths read on every call, away from
+// anything other CPUs write, or one that every CPU writes, away from what they read. The linker
+// packs .data and .bss by size and alignment, not by how often each variable is written. (The
+// alignment also pads the size to a whole line.)
 inline constexpr size_t kCacheLineBytes = 64;
 template <class T>
 struct alignas(kCacheLineBytes) CacheLineAlone {

@@ -68,8 +68,8 @@
 //   metadata arena              MetaArena::lock()
 // LOCK ORDER (take left before right; never the other way):
 //   RCU grace period -> cache setup -> cache scan -> slab control (ascending) -> cache vfork
-//     count -> transfer cache (ascending class) -> central list (ascending class) -> page heap growth ->
-//     page heap -> span map ->
+//     count -> transfer cache (ascending class) -> central list (ascending class) -> page heap
+//     growth -> page heap -> span map ->
 //     span-map prwlock writer -> RCU callback queue -> metadata arena -> thread registry
 #include "front_end.h"
 
