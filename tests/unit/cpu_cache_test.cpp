@@ -3,7 +3,9 @@
 #include <catch2/catch.hpp>
 
 #include <semaphore>
+#include <sys/wait.h>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #include "cpu_cache.h"
@@ -91,4 +93,34 @@ TEST_CASE("a vfork child's allocations and frees keep off the per-CPU slabs") {
   });
   child.join();
   REQUIRE(inline_paths() == g_percpu.num_slabs);
+}
+
+TEST_CASE("a fork child turns the inline fast paths back on when only other threads had vfork children") {
+  cache_set_up();
+  const uint64_t on = inline_paths();
+  std::binary_semaphore started{0}, may_resume{0};
+  std::thread vforking([&] {  // stands for a thread whose vfork child lives during the fork
+    cache_vfork_child_started();
+    started.release();
+    may_resume.acquire();
+    cache_vfork_parent_resumed();
+  });
+  started.acquire();
+  // What the library's fork handlers do around fork() (bootstrap.cpp), for this module.
+  cache_lock_all();
+  pid_t pid = fork();
+  if (pid == 0) {
+    cache_reset_locks_after_fork();
+    _exit(inline_paths() == on ? 0 : 1);
+  }
+  cache_unlock_all();
+  CHECK(inline_paths() == 0);  // the parent's vfork child still lives
+  may_resume.release();
+  vforking.join();
+  REQUIRE(pid > 0);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  REQUIRE(inline_paths() == on);
 }
