@@ -3,7 +3,7 @@
 # that (1) the outputs are the same and (2) the library was really loaded and used: with
 # FASTMALLOC_STATS=1 every process using it reports at exit, and at least one must report
 # allocations.
-#   run_program.sh python|sqlite3|git|perl|gxx PATH/TO/libfastmalloc.so
+#   run_program.sh python|sqlite3|git|perl|gxx|dash PATH/TO/libfastmalloc.so
 set -euo pipefail
 program=$1
 lib=$(readlink -f "$2")
@@ -26,6 +26,7 @@ workload() {
     perl) perl "$here/workload.pl" ;;
     git) bash "$here/git_workload.sh" ;;
     gxx) g++ -std=c++17 -O2 -c "$here/workload.cpp" -o out.o && sha256sum out.o | cut -d' ' -f1 ;;
+    dash) dash "$here/workload.dash" ;;
     *) echo "unknown program $program" >&2; exit 2 ;;
   esac
 }
