@@ -166,11 +166,13 @@ bool is_set_up() { return __atomic_load_n(&g_percpu.slabs, __ATOMIC_ACQUIRE) != 
 
 uintptr_t rseq_area() { return reinterpret_cast<uintptr_t>(__builtin_thread_pointer()) + g_percpu.rseq_area_offset; }
 
-// What fast_num_slabs holds once set up, outside vfork children's lives: 0 where the inline paths
-// must not run (locked mode; statistics and hardened mode, which do their work in the slow path).
-uint64_t inline_paths_num_slabs() {
+// Lets the inline paths run, once set up and while no vfork child lives, in the modes that have
+// them (not locked mode; not statistics or hardened mode, which do their work in the slow path).
+// With g_vfork_lock held, or in a fork child.
+void publish_inline_paths() {
+  if (g_vfork_children != 0 || !is_set_up()) return;
   bool inline_paths = g_mode != CacheMode::kLocked && !g_count_hits && !hardened_mode();
-  return inline_paths ? g_percpu.num_slabs : 0;
+  __atomic_store_n(&g_percpu.fast_num_slabs, inline_paths ? g_percpu.num_slabs : 0, __ATOMIC_RELEASE);
 }
 
 void setup() {
@@ -207,7 +209,7 @@ void setup() {
   // everything it guards.
   __atomic_store_n(&g_percpu.slabs, reinterpret_cast<uintptr_t>(slabs), __ATOMIC_RELEASE);
   LockGuard vfork_guard(g_vfork_lock);
-  if (g_vfork_children == 0) __atomic_store_n(&g_percpu.fast_num_slabs, inline_paths_num_slabs(), __ATOMIC_RELEASE);
+  publish_inline_paths();
 }
 
 // Gives class `cls` of a slab its initial room in the nursery, in the control's books (bounds
@@ -770,8 +772,8 @@ void cache_vfork_parent_resumed() {
   if (t_vfork_depth == 0) return;  // the child never got as far as cache_vfork_child_started
   --t_vfork_depth;
   LockGuard guard(g_vfork_lock);
-  if (--g_vfork_children == 0 && is_set_up())
-    __atomic_store_n(&g_percpu.fast_num_slabs, inline_paths_num_slabs(), __ATOMIC_RELEASE);
+  --g_vfork_children;
+  publish_inline_paths();
 }
 
 CacheMode cache_mode() {
@@ -834,8 +836,7 @@ void cache_reset_locks_after_fork() {
   g_vfork_lock.reset_after_fork();
   // Only the forking thread lives on in the child: the vfork children of the others are not its.
   g_vfork_children = t_vfork_depth;
-  if (g_vfork_children == 0 && is_set_up())
-    __atomic_store_n(&g_percpu.fast_num_slabs, inline_paths_num_slabs(), __ATOMIC_RELEASE);
+  publish_inline_paths();
   if (g_control != nullptr)
     for (uint32_t i = 0; i < g_percpu.num_slabs; ++i) g_control[i].lock.reset_after_fork();
   g_scan_lock.reset_after_fork();
