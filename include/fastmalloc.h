@@ -34,7 +34,7 @@ size_t fastmalloc_release_memory(void) FASTMALLOC_NOEXCEPT;
 
 /* Reads one of the allocator's numbers into *value. Returns 0, or EINVAL for an unknown name.
  * Values are read without stopping other threads (so sums may be off by what moved meanwhile);
- * all are byte counts but the last four:
+ * all are byte counts but the last six:
  *   "allocated_bytes"       held by the program: small blocks at their class size, plus large
  *                           blocks' mappings
  *   "heap_bytes"            mapped from the OS: pages for small blocks plus large blocks
@@ -49,6 +49,8 @@ size_t fastmalloc_release_memory(void) FASTMALLOC_NOEXCEPT;
  *   "metadata_bytes"        the allocator's own structures
  *   "remote_drain"          1 when malloc_trim can empty every CPU's cache, else 0 (rseq
  *                           without membarrier: only the caller's)
+ *   "thread_records"        threads the allocator keeps a record for (the live ones that have
+ *                           called it, and for a moment those just ended); a count
  *   "cpu_cache_alloc_hits", "cpu_cache_alloc_misses", "cpu_cache_free_hits",
  *   "cpu_cache_free_misses" counts (not bytes) of mallocs and frees of cached sizes served by, or
  *                           missing, the per-CPU caches; a critical section aborted after its

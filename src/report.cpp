@@ -8,6 +8,7 @@
 #include "meta_arena.h"
 #include "os/message.h"
 #include "page_heap.h"
+#include "sync/thread_registry.h"
 #include "transfer_cache.h"
 
 namespace fastmalloc {
@@ -48,6 +49,7 @@ Totals gather_totals() {
   t.small_in_use_bytes = minus(t.small_in_use_bytes, t.cache.cached_bytes + t.transfer_cache_bytes);
   t.heap = g_page_heap.stats();
   t.metadata_bytes = g_meta_arena.mapped_bytes();
+  t.thread_records = sync::records_in_use();
   return t;
 }
 
@@ -73,7 +75,8 @@ void print_stats() {
   m.text("fastmalloc: page_heap: allocations=").dec(t.heap.allocations).text(" grows=").dec(t.heap.grows);
   m.text(" mapped_bytes=").dec(t.heap.system_bytes).text(" free_bytes=").dec(t.heap.free_bytes);
   m.text(" released_bytes=").dec(t.heap.released_bytes).text(" free_spans=").dec(t.heap.free_spans).text("\n").flush();
-  m.text("fastmalloc: metadata_bytes=").dec(t.metadata_bytes).text("\n").flush();
+  m.text("fastmalloc: metadata_bytes=").dec(t.metadata_bytes).text(" thread_records=").dec(t.thread_records);
+  m.text("\n").flush();
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
     ClassTotals c = class_totals(cls, t.cache);
     if (c.central.spans == 0) continue;
@@ -101,6 +104,7 @@ bool lookup_property(const Totals& t, const char* name, size_t* value) {
       {"large_bytes", t.heap.large_bytes},
       {"metadata_bytes", t.metadata_bytes},
       {"remote_drain", t.cache.can_drain_remote ? 1u : 0u},
+      {"thread_records", t.thread_records},
       {"cpu_cache_alloc_hits", t.cache.alloc_hits},
       {"cpu_cache_alloc_misses", t.cache.alloc_misses},
       {"cpu_cache_free_hits", t.cache.free_hits},

@@ -27,6 +27,7 @@ struct Totals {
   uint64_t small_allocations, span_misses;
   uint64_t transfer_hits, transfer_misses;
   size_t metadata_bytes;
+  size_t thread_records;  // the thread registry's records in use
 };
 
 Totals gather_totals();

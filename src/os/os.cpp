@@ -113,6 +113,15 @@ uint64_t now_ms() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
 }
 
+int current_thread_id() { return static_cast<int>(::syscall(SYS_gettid)); }
+
+bool thread_has_ended(int tid) {
+  int saved_errno = errno;
+  bool ended = ::syscall(SYS_tgkill, ::getpid(), tid, 0) != 0 && errno == ESRCH;
+  errno = saved_errno;
+  return ended;
+}
+
 void sleep_us(unsigned microseconds) {
   int saved_errno = errno;
   struct timespec ts = {static_cast<time_t>(microseconds / 1000000), static_cast<long>(microseconds % 1000000) * 1000};

@@ -44,6 +44,12 @@ void populate_for_write(void* addr, size_t bytes);
 void futex_wait(uint32_t* word, uint32_t expected);
 void futex_wake(uint32_t* word, int count);
 
+// The calling thread's kernel id (gettid), and whether the thread with id `tid` in this process
+// has ended (tgkill with no signal finds none). An id the kernel has given to a new thread since
+// reads as not ended, and so does every id where a seccomp filter refuses tgkill.
+int current_thread_id();
+bool thread_has_ended(int tid);
+
 // Gives the CPU to another runnable thread (sched_yield), or sleeps `microseconds`: for waits
 // that spinning would only prolong when threads outnumber CPUs.
 void yield_cpu();

@@ -17,8 +17,8 @@ namespace fastmalloc::sync {
 bool g_readers_fence = false;
 
 namespace detail {
-constinit ThreadRecord g_unregistered{{kFenceFlag}, {kFenceFlag, kFenceFlag, kFenceFlag, kFenceFlag, kFenceFlag, kFenceFlag}, nullptr};
-static_assert(kMaxPrwlocks == 6, "g_unregistered flags every prwlock slot");
+constinit ThreadRecord g_unregistered{{kFenceFlag}, {kFenceFlag, kFenceFlag, kFenceFlag, kFenceFlag, kFenceFlag}, nullptr, 0};
+static_assert(kMaxPrwlocks == 5, "g_unregistered flags every prwlock slot");
 __attribute__((tls_model("initial-exec"))) constinit thread_local ThreadRecord* t_record = &g_unregistered;
 std::atomic<ThreadRecord*> g_chunks[kMaxChunks];
 std::atomic<unsigned> g_records_carved{0};
@@ -31,11 +31,12 @@ using detail::g_records_carved;
 using detail::kRecordsPerChunk;
 using detail::t_record;
 
-// SYNCHRONIZATION: g_lock guards the free list, carving, the key and the one-time setup.
-// Records' words are written by their owner thread only, except while the record is free (the
-// registry writes it under g_lock, with no owner) and in a fork child.
+// SYNCHRONIZATION: g_lock guards the free and late lists, carving, the key and the one-time
+// setup. Records' words are written by their owner thread only, except while the record is
+// free (the registry writes it under g_lock, with no owner) and in a fork child.
 Mutex g_lock;
 ThreadRecord* g_free = nullptr;
+ThreadRecord* g_late = nullptr;  // records of threads that called in after their exit hook
 unsigned g_in_use = 0;
 std::atomic<bool> g_set_up{false};  // read without g_lock by registry_set_up()
 bool g_have_key = false;
@@ -51,9 +52,27 @@ void clear(ThreadRecord& r) {
 
 void release_locked(ThreadRecord* r) {
   clear(*r);
-  r->next_free = g_free;
+  r->next = g_free;
   g_free = r;
   --g_in_use;
+}
+
+// Set by the exit hook: whatever this thread calls from now on runs in its last moments.
+__attribute__((tls_model("initial-exec"))) constinit thread_local bool t_exit_hook_ran = false;
+
+// Takes back the late records whose threads the kernel no longer knows: they can read nothing.
+// One system call per late record, and a record is late only for the moments between its
+// thread's exit hook and its end, so the list stays as short as the threads ending together.
+void reclaim_late_records_locked() {
+  ThreadRecord** link = &g_late;
+  while (ThreadRecord* r = *link) {
+    if (os::thread_has_ended(r->late_owner)) {
+      *link = r->next;
+      release_locked(r);
+    } else {
+      link = &r->next;
+    }
+  }
 }
 
 // Runs at thread exit (glibc calls key destructors from pthread_exit and a thread's return).
@@ -63,6 +82,7 @@ void on_thread_exit(void* record) {
   LockGuard guard(g_lock);
   release_locked(static_cast<ThreadRecord*>(record));
   t_record = &detail::g_unregistered;
+  t_exit_hook_ran = true;
 }
 
 // Once, before the first record is handed out: how writers fence, and the exit hook. A key
@@ -84,9 +104,10 @@ void set_up_locked() {
 }
 
 ThreadRecord* take_record_locked() {
+  if (g_late != nullptr) reclaim_late_records_locked();
   if (g_free != nullptr) {
     ThreadRecord* r = g_free;
-    g_free = r->next_free;
+    g_free = r->next;
     return r;
   }
   unsigned index = g_records_carved.load(std::memory_order_relaxed);
@@ -112,7 +133,16 @@ ThreadRecord* register_current_thread() {
     LockGuard guard(g_lock);
     if (!g_set_up.load(std::memory_order_relaxed)) set_up_locked();
     r = take_record_locked();
-    if (r != nullptr) ++g_in_use;
+    if (r != nullptr) {
+      ++g_in_use;
+      // Past its exit hook, no destructor will run for this thread again: the record waits on
+      // the late list for the thread to end.
+      if (t_exit_hook_ran) {
+        r->late_owner = os::current_thread_id();
+        r->next = g_late;
+        g_late = r;
+      }
+    }
   }
   // No memory for even 64 bytes of bookkeeping: there is no safe way to read on.
   if (r == nullptr) os::fatal_misuse("thread start", nullptr, "out of memory for the thread registry");
@@ -121,7 +151,7 @@ ThreadRecord* register_current_thread() {
     for (auto& word : r->prw) word.store(word.load(std::memory_order_relaxed) | kFenceFlag, std::memory_order_relaxed);
   }
   t_record = r;
-  if (g_have_key) pthread_setspecific(g_key, r);
+  if (g_have_key && !t_exit_hook_ran) pthread_setspecific(g_key, r);
   return r;
 }
 
@@ -163,6 +193,7 @@ void registry_fork_parent() { g_lock.unlock(); }
 void registry_fork_child() {
   g_lock.reset_after_fork();
   g_free = nullptr;
+  g_late = nullptr;
   g_in_use = 0;
   for_each_record([](ThreadRecord& r) {
     if (&r == t_record) {
@@ -170,7 +201,7 @@ void registry_fork_child() {
       return;
     }
     clear(r);
-    r.next_free = g_free;
+    r.next = g_free;
     g_free = &r;
   });
 }

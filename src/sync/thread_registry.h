@@ -6,8 +6,12 @@
 // Records come from memory this module maps itself (never from malloc) and are never unmapped.
 // A thread gets one on its first read-side section and gives it back when it exits (through a
 // pthread key destructor, which runs even when the thread exits inside a section), so the
-// records a writer scans stay about as many as the live threads. A fork child keeps only the
-// forking thread's record.
+// records a writer scans stay about as many as the live threads. A thread that calls in again
+// after that destructor (glibc's own cleanup runs after every key destructor and frees what the
+// thread left, such as strerror's and dlerror's buffers) gets a record that no destructor will
+// give back: the registry keeps it on a list of late records, with the thread's id, and takes it
+// back once the kernel no longer knows the thread. A fork child keeps only the forking thread's
+// record.
 //
 // The heavy fence: writers order their stores before their scan of the records with
 // membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED), which runs a full barrier on every CPU running
@@ -25,7 +29,7 @@
 namespace fastmalloc::sync {
 
 // How many prwlocks can be live at once: each owns one status word in every record.
-inline constexpr unsigned kMaxPrwlocks = 6;
+inline constexpr unsigned kMaxPrwlocks = 5;
 
 struct alignas(64) ThreadRecord {
   // RCU: (epoch at the outermost rcu_read_lock << kRcuNestBits) | kFenceFlag if this thread's
@@ -34,7 +38,9 @@ struct alignas(64) ThreadRecord {
   std::atomic<uint64_t> rcu;
   // Per prwlock slot: (lock version seen << kPrwNestBits) | kFenceFlag | nesting depth.
   std::atomic<uint64_t> prw[kMaxPrwlocks];
-  ThreadRecord* next_free;  // registry's free list (guarded by its mutex)
+  // The registry's, under its mutex: the next record on the free list, or on the late list.
+  ThreadRecord* next;
+  int late_owner;  // on the late list: the kernel id of the thread that holds the record
 };
 static_assert(sizeof(ThreadRecord) == 64);
 
