@@ -125,7 +125,7 @@ bool thread_has_ended(int tid) {
 void sleep_us(unsigned microseconds) {
   int saved_errno = errno;
   struct timespec ts = {static_cast<time_t>(microseconds / 1000000), static_cast<long>(microseconds % 1000000) * 1000};
-  ::nanosleep(&ts, nullptr);
+  ::syscall(SYS_nanosleep, &ts, nullptr);  // glibc's nanosleep() is a cancellation point
   errno = saved_errno;
 }
 

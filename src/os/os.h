@@ -51,7 +51,9 @@ int current_thread_id();
 bool thread_has_ended(int tid);
 
 // Gives the CPU to another runnable thread (sched_yield), or sleeps `microseconds`: for waits
-// that spinning would only prolong when threads outnumber CPUs.
+// that spinning would only prolong when threads outnumber CPUs. Neither is a cancellation
+// point: a waiting writer holds locks, and a thread cancelled there would unwind out of the
+// allocator (built without exceptions: no destructor runs) and leave them held.
 void yield_cpu();
 void sleep_us(unsigned microseconds);
 

@@ -7,7 +7,9 @@
 #include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <pthread.h>
 #include <linux/membarrier.h>
 #include <sys/syscall.h>
@@ -344,6 +346,64 @@ TEST_CASE("a thread that reads after its exit hook keeps a record until it ends,
   pthread_key_delete(late::g_key);
 }
 #endif
+
+// A writer that waits for readers ends up sleeping between checks, holding the grace-period
+// lock. Were that sleep a cancellation point (glibc's nanosleep is one), a thread cancelled
+// while it waited, in a malloc or free that waited for a grace period or a prwlock writer, would
+// unwind out of the allocator with the lock held (the library is built without exceptions, so
+// no destructor unlocks it), and every later grace period would wait forever.
+namespace cancel {
+struct Waiter {
+  std::atomic<int> tid{0};
+  std::atomic<bool> synchronized{false};
+};
+
+// The state letter of thread `tid` of this process ('S' while it sleeps), or 0 once it is gone.
+char thread_state(int tid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
+  FILE* f = fopen(path, "r");
+  if (f == nullptr) return 0;
+  char line[512] = {};
+  size_t n = fread(line, 1, sizeof line - 1, f);
+  fclose(f);
+  line[n] = 0;
+  const char* after_name = strrchr(line, ')');
+  return after_name != nullptr && after_name[1] == ' ' ? after_name[2] : 0;
+}
+}  // namespace cancel
+
+TEST_CASE("a pending cancellation does not act inside a grace period", "[sync]") {
+  cancel::Waiter waiter;
+  Reader reader;  // keeps the grace period waiting
+  pthread_t thread;
+  REQUIRE(pthread_create(
+              &thread, nullptr,
+              [](void* arg) -> void* {
+                auto* w = static_cast<cancel::Waiter*>(arg);
+                pthread_cancel(pthread_self());  // deferred: pending until a cancellation point
+                w->tid.store(static_cast<int>(syscall(SYS_gettid)));
+                synchronize_rcu();
+                w->synchronized.store(true);
+                pthread_testcancel();
+                return nullptr;
+              },
+              &waiter) == 0);
+  while (waiter.tid.load() == 0) std::this_thread::sleep_for(1ms);
+  // Spinning, then yielding, then sleeping: wait for the sleep (or for the thread to be gone).
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  char state;
+  while ((state = cancel::thread_state(waiter.tid.load())) != 'S' && state != 0 &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
+  CHECK(state == 'S');
+  reader.release();
+  void* result = nullptr;
+  pthread_join(thread, &result);
+  CHECK(result == PTHREAD_CANCELED);
+  REQUIRE(waiter.synchronized.load());
+  require_finishes("synchronize_rcu after a cancelled writer", 10, [] { synchronize_rcu(); });
+}
 
 TEST_CASE("a fork child whose parent had readers inside can still synchronize", "[sync]") {
   Reader reader;  // inside a section when the fork happens; absent from the child
