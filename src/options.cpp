@@ -140,7 +140,10 @@ const Options& options() {
   if (FM_LIKELY(g_state.load(std::memory_order_acquire) == 2)) return g_options;
   int expected = 0;
   if (g_state.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
-    os::for_each_env(apply, nullptr);
+    // A setuid or setgid program keeps the defaults, as glibc and jemalloc ignore their own
+    // variables there: whoever starts it must not get its statistics printed, or its caches
+    // sized, by setting the environment.
+    if (!os::secure_execution()) os::for_each_env(apply, nullptr);
     if (g_options.help) print_help();
     g_state.store(2, std::memory_order_release);
   } else {

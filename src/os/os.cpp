@@ -113,6 +113,8 @@ uint64_t now_ms() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
 }
 
+bool secure_execution() { return getauxval(AT_SECURE) != 0; }
+
 int current_thread_id() { return static_cast<int>(::syscall(SYS_gettid)); }
 
 bool thread_has_ended(int tid) {

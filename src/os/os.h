@@ -74,6 +74,10 @@ class SignalBlock {
   sigset_t saved_;
 };
 
+// Whether the program runs with more privilege than whoever started it (setuid, setgid, file
+// capabilities: the kernel's AT_SECURE), where the environment is not to be trusted.
+bool secure_execution();
+
 // Calls `visit(entry)` for each "NAME=value" entry of the startup environment. Works before
 // libc has set up `environ` (it then reads /proc/self/environ once). Not thread-safe: the
 // options module calls it once, under its own guard.
