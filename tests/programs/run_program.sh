@@ -3,7 +3,7 @@
 # that (1) the outputs are the same and (2) the library was really loaded and used: with
 # FASTMALLOC_STATS=1 every process using it reports at exit, and at least one must report
 # allocations.
-#   run_program.sh python|sqlite3|git|perl|gxx|dash PATH/TO/libfastmalloc.so
+#   run_program.sh python|sqlite3|git|perl|gxx|dash|xz PATH/TO/libfastmalloc.so
 set -euo pipefail
 program=$1
 lib=$(readlink -f "$2")
@@ -16,6 +16,11 @@ export GIT_AUTHOR_NAME=Test GIT_AUTHOR_EMAIL=test@example.com GIT_COMMITTER_NAME
 export GIT_COMMITTER_EMAIL=test@example.com GIT_AUTHOR_DATE="2026-01-01T00:00:00Z"
 export GIT_COMMITTER_DATE="2026-01-01T00:00:00Z" GIT_CONFIG_NOSYSTEM=1 HOME=$work
 
+# 8.6 MB of text, the same every time, for xz to compress on two threads (34 blocks).
+text_input() {
+  awk 'BEGIN { srand(1); for (i = 0; i < 200000; i++) printf "%d %x line %d of the input\n", int(rand() * 1e9), i * 7919, i }'
+}
+
 # The workload; run in its own directory ($1), printing what must match.
 workload() {
   local dir=$1
@@ -27,6 +32,10 @@ workload() {
     git) bash "$here/git_workload.sh" ;;
     gxx) g++ -std=c++17 -O2 -c "$here/workload.cpp" -o out.o && sha256sum out.o | cut -d' ' -f1 ;;
     dash) dash "$here/workload.dash" ;;
+    xz) text_input > in.txt
+        xz -T2 --block-size=256KiB -c in.txt > in.txt.xz
+        sha256sum < in.txt.xz | cut -d' ' -f1
+        xz -T2 -d -c in.txt.xz | cmp - in.txt && echo "round trip ok" ;;
     *) echo "unknown program $program" >&2; exit 2 ;;
   esac
 }
