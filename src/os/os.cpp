@@ -170,7 +170,9 @@ void for_each_env(void (*visit)(const char* entry, void* ctx), void* ctx) {
 void write_stderr(const char* text, size_t len) {
   int saved_errno = errno;
   while (len > 0) {
-    ssize_t n = ::write(STDERR_FILENO, text, len);
+    // Not glibc's write(), a cancellation point: a report on a thread with a cancellation
+    // pending must stop the process, not end the thread and let the program go on.
+    ssize_t n = ::syscall(SYS_write, STDERR_FILENO, text, len);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     text += n;

@@ -83,7 +83,8 @@ bool secure_execution();
 // options module calls it once, under its own guard.
 void for_each_env(void (*visit)(const char* entry, void* ctx), void* ctx);
 
-// Writes all of [text, text + len) to stderr, retrying on EINTR and short writes.
+// Writes all of [text, text + len) to stderr, retrying on EINTR and short writes. Not a
+// cancellation point.
 void write_stderr(const char* text, size_t len);
 
 // The hardware page size (4 KiB on x86-64), from the auxiliary vector.

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <malloc.h>
 #include <new>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <thread>
@@ -86,6 +87,24 @@ TEST_CASE("a stack address is reported") {
 }
 
 TEST_CASE("a static address is reported") { check_all_calls(static_object + 5); }
+
+// The report's write is a raw system call: glibc's write() is a cancellation point, where a
+// thread with a cancellation pending would be cancelled instead of stopping the process, and
+// the program would go on after the misuse (with whatever lock the report was made under).
+TEST_CASE("a misuse stops the process on a thread with a cancellation pending") {
+  expect_report("free", static_object + 9, [](void* p) {
+    pthread_t thread;
+    pthread_create(
+        &thread, nullptr,
+        [](void* q) -> void* {
+          pthread_cancel(pthread_self());  // deferred: acts at the next cancellation point
+          free_fn(q);
+          return nullptr;
+        },
+        p);
+    pthread_join(thread, nullptr);
+  });
+}
 
 TEST_CASE("wild addresses are reported, not dereferenced into a segfault") {
   check_all_calls(reinterpret_cast<void*>(0x10));
