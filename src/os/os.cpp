@@ -127,7 +127,8 @@ bool thread_has_ended(int tid) {
 void sleep_us(unsigned microseconds) {
   int saved_errno = errno;
   struct timespec ts = {static_cast<time_t>(microseconds / 1000000), static_cast<long>(microseconds % 1000000) * 1000};
-  ::syscall(SYS_nanosleep, &ts, nullptr);  // glibc's nanosleep() is a cancellation point
+  // The system call glibc's nanosleep() makes, without its cancellation point.
+  ::syscall(SYS_clock_nanosleep, CLOCK_MONOTONIC, 0, &ts, nullptr);
   errno = saved_errno;
 }
 
