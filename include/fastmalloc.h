@@ -49,8 +49,9 @@ size_t fastmalloc_release_memory(void) FASTMALLOC_NOEXCEPT;
  *   "metadata_bytes"        the allocator's own structures
  *   "remote_drain"          1 when malloc_trim can empty every CPU's cache, else 0 (rseq
  *                           without membarrier: only the caller's)
- *   "thread_records"        threads the allocator keeps a record for (the live ones that have
- *                           called it, and for a moment those just ended); a count
+ *   "thread_records"        threads the allocator keeps a record for: the live ones that have
+ *                           freed a block or asked about one (free, realloc,
+ *                           malloc_usable_size), and for a moment those just ended; a count
  *   "cpu_cache_alloc_hits", "cpu_cache_alloc_misses", "cpu_cache_free_hits",
  *   "cpu_cache_free_misses" counts (not bytes) of mallocs and frees of cached sizes served by, or
  *                           missing, the per-CPU caches; a critical section aborted after its
