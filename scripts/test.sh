@@ -27,7 +27,7 @@ if [ "${1:-}" = "--sanitize" ]; then
 fi
 
 ensure_packages cmake g++ make catch2 libhwloc-dev pkg-config python3 sqlite3 git perl \
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev nodejs openjdk-17-jdk-headless
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)"

@@ -3,7 +3,7 @@
 # that (1) the outputs are the same and (2) the library was really loaded and used: with
 # FASTMALLOC_STATS=1 every process using it reports at exit, and at least one must report
 # allocations.
-#   run_program.sh python|sqlite3|git|perl|gxx|dash|xz PATH/TO/libfastmalloc.so
+#   run_program.sh python|sqlite3|git|perl|gxx|dash|xz|java|node PATH/TO/libfastmalloc.so
 set -euo pipefail
 program=$1
 lib=$(readlink -f "$2")
@@ -36,6 +36,8 @@ workload() {
         xz -T2 --block-size=256KiB -c in.txt > in.txt.xz
         sha256sum < in.txt.xz | cut -d' ' -f1
         xz -T2 -d -c in.txt.xz | cmp - in.txt && echo "round trip ok" ;;
+    java) java "$here/Workload.java" ;;
+    node) node "$here/workload.js" ;;
     *) echo "unknown program $program" >&2; exit 2 ;;
   esac
 }
