@@ -24,7 +24,9 @@ std::new_handler fm_get_new_handler() noexcept __asm__("_ZSt15get_new_handlerv")
 }
 
 // The personality routine is named only by the unwind tables, which no declaration reaches.
-asm(".weak __gxx_personality_v0");
+// clang also calls the catch functions and std::terminate (its guard of noexcept around a catch)
+// through declarations of its own, which the ones above do not make weak.
+asm(".weak __gxx_personality_v0\n\t.weak __cxa_begin_catch\n\t.weak __cxa_end_catch\n\t.weak _ZSt9terminatev");
 
 using namespace fastmalloc;
 

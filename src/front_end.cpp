@@ -150,12 +150,12 @@ void check_live(const Span* span, const void* p, const char* call) {
 
 namespace detail {
 
-void* out_of_memory() {
+void* out_of_memory() noexcept {
   errno = ENOMEM;
   return nullptr;
 }
 
-void* allocate_large(size_t size, size_t align) {
+void* allocate_large(size_t size, size_t align) noexcept {
   // Refuse what no process could map before asking: sizes above PTRDIFF_MAX are never valid.
   if (size > static_cast<size_t>(PTRDIFF_MAX)) return out_of_memory();
   sync::rcu_poll();  // descriptors retired by earlier frees
@@ -176,13 +176,13 @@ void* hand_out(void* p) {
 // A block of class `cls` from the slow path.
 void* refill_and_hand_out(unsigned cls) { return hand_out(cache_refill_pop(cls)); }
 
-void* allocate_small_miss(unsigned cls) {
+void* allocate_small_miss(unsigned cls) noexcept {
   prepare_block_checks();
   if (hardened_mode()) return allocate_hardened(cls + 1);
   return refill_and_hand_out(cls);
 }
 
-void* allocate_hardened(unsigned cls) {
+void* allocate_hardened(unsigned cls) noexcept {
   // Past the largest class: a large block holds any small request and its canary's room.
   if (cls >= kNumClasses) return allocate_large(kMaxSmallSize, 0);
   void* p = refill_and_hand_out(cls);
@@ -190,20 +190,20 @@ void* allocate_hardened(unsigned cls) {
   return p;
 }
 
-void deallocate_small_miss(unsigned cls, void* p, const char* call) {
+void deallocate_small_miss(unsigned cls, void* p, const char* call) noexcept {
   if (hardened_mode()) harden_freed(p, cls, call);
   cache_overflow_push(cls, p);
 }
 
-void report_invalid(const char* call, const void* p) {
+void report_invalid(const char* call, const void* p) noexcept {
   os::fatal_misuse(call, p, "invalid pointer (not a block fastmalloc handed out, or already freed)");
 }
 
-void report_reused_block(const void* p) {
+void report_reused_block(const void* p) noexcept {
   os::fatal_misuse("malloc", p, "a free block lost its free signature: it was freed twice, or written after free");
 }
 
-void deallocate_slow(void* p, const char* call) {
+void deallocate_slow(void* p, const char* call) noexcept {
   if (p == nullptr) return;
   Span* span = span_of(p, call);
   if (span->state == SpanState::kSmall) return deallocate_small(span->size_class, p, call);
@@ -213,7 +213,7 @@ void deallocate_slow(void* p, const char* call) {
   errno = saved_errno;
 }
 
-void deallocate_sized_slow(void* p, size_t size, const char* call) {
+void deallocate_sized_slow(void* p, size_t size, const char* call) noexcept {
   if (p == nullptr) return;
   Span* span = span_of(p, call);
   bool small = size <= kMaxSmallSize;
@@ -283,7 +283,7 @@ bool stays_in_growable_span(const Span* span, size_t size) {
 
 }  // namespace
 
-void deallocate_sized_aligned(void* p, size_t size, const char* call) {
+void deallocate_sized_aligned(void* p, size_t size, const char* call) noexcept {
   if (p != nullptr && size > usable_size(p, call))
     os::fatal_misuse(call, p, "sized delete with a size larger than the block");
   deallocate(p, call);
@@ -307,7 +307,7 @@ void* allocate_zeroed_uncached(unsigned cls, size_t total) {
 
 }  // namespace
 
-void* allocate_zeroed(size_t count, size_t size) {
+void* allocate_zeroed(size_t count, size_t size) noexcept {
   size_t total;
   if (__builtin_mul_overflow(count, size, &total)) return out_of_memory();
   if (total > kMaxCachedSize && total <= kMaxSmallSize) {
@@ -321,7 +321,7 @@ void* allocate_zeroed(size_t count, size_t size) {
   return p;
 }
 
-void* allocate_aligned(size_t align, size_t size) {
+void* allocate_aligned(size_t align, size_t size) noexcept {
   if (align <= 8 || (align == 16 && size >= 16)) return allocate(size);
   prepare_block_checks();
   size_t needed = size <= kMaxSmallSize ? size + canary_bytes() : size;
@@ -335,7 +335,7 @@ void* allocate_aligned(size_t align, size_t size) {
   return allocate_large(size == 0 ? 1 : size, align);
 }
 
-void* reallocate(void* p, size_t size, const char* call) {
+void* reallocate(void* p, size_t size, const char* call) noexcept {
   if (p == nullptr) return allocate(size);
   // Between classes of several blocks per span (most calls: strings grown a few bytes at a
   // time, small vectors) realloc needs only the block's class, which the span-map entry carries,
@@ -394,7 +394,7 @@ void* reallocate(void* p, size_t size, const char* call) {
   return fresh;
 }
 
-size_t usable_size(const void* p, const char* call) {
+size_t usable_size(const void* p, const char* call) noexcept {
   if (p == nullptr) return 0;
   Span* span = span_of(p, call);
   check_live(span, p, call);

@@ -40,19 +40,19 @@
 namespace fastmalloc {
 
 namespace detail {
-FM_NOINLINE void* out_of_memory();
-FM_NOINLINE void* allocate_large(size_t size, size_t align);
-FM_NOINLINE void* allocate_small_miss(unsigned cls);
+FM_NOINLINE void* out_of_memory() noexcept;
+FM_NOINLINE void* allocate_large(size_t size, size_t align) noexcept;
+FM_NOINLINE void* allocate_small_miss(unsigned cls) noexcept;
 // FASTMALLOC_HARDEN: a block of class `cls` (kNumClasses: a large block of kMaxSmallSize),
 // checked and given its canary.
-FM_NOINLINE void* allocate_hardened(unsigned cls);
-FM_NOINLINE void deallocate_small_miss(unsigned cls, void* p, const char* call);
-[[noreturn]] FM_NOINLINE void report_invalid(const char* call, const void* p);
+FM_NOINLINE void* allocate_hardened(unsigned cls) noexcept;
+FM_NOINLINE void deallocate_small_miss(unsigned cls, void* p, const char* call) noexcept;
+[[noreturn]] FM_NOINLINE void report_invalid(const char* call, const void* p) noexcept;
 // A block about to be handed out has lost its free signature.
-[[noreturn]] FM_NOINLINE void report_reused_block(const void* p);
+[[noreturn]] FM_NOINLINE void report_reused_block(const void* p) noexcept;
 // free() of anything but a valid small block: null, a large block, or misuse.
-FM_NOINLINE void deallocate_slow(void* p, const char* call);
-FM_NOINLINE void deallocate_sized_slow(void* p, size_t size, const char* call);
+FM_NOINLINE void deallocate_slow(void* p, const char* call) noexcept;
+FM_NOINLINE void deallocate_sized_slow(void* p, size_t size, const char* call) noexcept;
 }  // namespace detail
 
 // free() writes the free signature into the block's first word and malloc() checks and clears
@@ -152,12 +152,12 @@ FM_ALWAYS_INLINE void deallocate_sized(void* p, size_t size, const char* call) {
 
 // Sized delete of an over-aligned block: the block may come from a bigger class than the size
 // alone picks, so only size <= usable size can be checked.
-void deallocate_sized_aligned(void* p, size_t size, const char* call);
+void deallocate_sized_aligned(void* p, size_t size, const char* call) noexcept;
 
-void* allocate_zeroed(size_t count, size_t size);
+void* allocate_zeroed(size_t count, size_t size) noexcept;
 // `align` is a power of two (callers check and report their own errors).
-void* allocate_aligned(size_t align, size_t size);
-void* reallocate(void* p, size_t size, const char* call);
-size_t usable_size(const void* p, const char* call);
+void* allocate_aligned(size_t align, size_t size) noexcept;
+void* reallocate(void* p, size_t size, const char* call) noexcept;
+size_t usable_size(const void* p, const char* call) noexcept;
 
 }  // namespace fastmalloc

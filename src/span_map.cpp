@@ -5,7 +5,7 @@
 
 namespace fastmalloc {
 
-SpanMap g_span_map;
+constinit SpanMap g_span_map;
 
 bool SpanMap::ensure(uintptr_t start, size_t bytes) {
   uintptr_t first = start >> kPageShift, last = (start + bytes - 1) >> kPageShift;

@@ -40,7 +40,7 @@ void Message::flush() {
   len_ = 0;
 }
 
-void fatal_misuse(const char* call, const void* address, const char* why) {
+void fatal_misuse(const char* call, const void* address, const char* why) noexcept {
   Message m;
   m.text("fastmalloc: ").text(call).text("(): ").text(why).text(": ").pointer(address).text("\n");
   m.flush();

@@ -22,6 +22,6 @@ class Message {
 };
 
 // Reports misuse of the API, "fastmalloc: CALL(): WHY: 0xADDR", and aborts the process.
-[[noreturn]] void fatal_misuse(const char* call, const void* address, const char* why);
+[[noreturn]] void fatal_misuse(const char* call, const void* address, const char* why) noexcept;
 
 }  // namespace fastmalloc::os
