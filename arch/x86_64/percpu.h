@@ -243,14 +243,14 @@ miss:
 //   slab = slabs + (cpu << kSlabShift)
 //   header = slab[cls]
 //   if (header >> 32 != from_bounds) miss
-//   n = current(header) - begin(from_bounds)
-//   for i in 0..n-1: slab[to + i] = slab[begin + i]
-//   slab[cls] = (to + n) | to_bounds << 32    <- commit (one 64-bit store: current, begin, end)
+//   from = &slab[begin(from_bounds)], end = &slab[current(header)], dest = &slab[to]
+//   while (from < end) *dest++ = *from++
+//   slab[cls] = (dest - slab) | to_bounds << 32    <- commit (one 64-bit store: current, begin, end)
 // 2:
 FM_ALWAYS_INLINE bool percpu_move_class(uintptr_t rseq, uint64_t cpu_field, const uint64_t& index,
                                         const uintptr_t& slabs, uint64_t cls, uint64_t from_bounds, uint64_t to,
                                         const uint64_t& to_bounds_shifted) {
-  uint64_t scratch, header, current, i, from, dest, item;
+  uint64_t scratch, header, current, from, dest, item;
   asm volatile goto(FM_RSEQ_DESCRIPTOR
            "leaq 5b(%%rip), %[scratch]\n\t"
            "movq %[scratch], %%fs:" FM_STR(FASTMALLOC_RSEQ_CS_OFFSET) "(%[rseq])\n\t"
@@ -267,23 +267,25 @@ FM_ALWAYS_INLINE bool percpu_move_class(uintptr_t rseq, uint64_t cpu_field, cons
            "jne %l[miss]\n\t"
            "movzwl %w[header], %k[header]\n\t"
            "leaq (%[scratch], %[header], 8), %[from]\n\t"
+           "leaq (%[scratch], %[current], 8), %[current]\n\t"
            "leaq (%[scratch], %[to], 8), %[dest]\n\t"
-           "xorl %k[i], %k[i]\n\t"
-           "subq %[header], %[current]\n\t"
-           "jz 6f\n\t"
+           "cmpq %[current], %[from]\n\t"
+           "jae 6f\n\t"
            "3:\n\t"
-           "movq (%[from], %[i], 8), %[item]\n\t"
-           "movq %[item], (%[dest], %[i], 8)\n\t"
-           "incq %[i]\n\t"
-           "cmpq %[current], %[i]\n\t"
+           "movq (%[from]), %[item]\n\t"
+           "movq %[item], (%[dest])\n\t"
+           "addq $8, %[from]\n\t"
+           "addq $8, %[dest]\n\t"
+           "cmpq %[current], %[from]\n\t"
            "jb 3b\n\t"
            "6:\n\t"
-           "addq %[to], %[current]\n\t"
-           "orq %[to_bounds], %[current]\n\t"
-           "movq %[current], (%[scratch], %[cls], 8)\n\t"
+           "subq %[scratch], %[dest]\n\t"
+           "shrq $3, %[dest]\n\t"
+           "orq %[to_bounds], %[dest]\n\t"
+           "movq %[dest], (%[scratch], %[cls], 8)\n\t"
            "2:\n\t"
            FM_RSEQ_ABORT(miss)
-           : [scratch] "=&r"(scratch), [header] "=&r"(header), [current] "=&r"(current), [i] "=&r"(i),
+           : [scratch] "=&r"(scratch), [header] "=&r"(header), [current] "=&r"(current),
              [from] "=&r"(from), [dest] "=&r"(dest), [item] "=&r"(item)
            : [rseq] "r"(rseq), [cpu_field] "r"(cpu_field), [index] "m"(index), [slabs] "m"(slabs),
              [cls] "r"(cls), [from_bounds] "r"(from_bounds), [to] "r"(to), [to_bounds] "m"(to_bounds_shifted)
