@@ -6,6 +6,9 @@
 #   bash scripts/test.sh --sanitize   instead, the unit and stress tests of the allocator's
 #                                     modules under AddressSanitizer+UBSan (build-asan/) and
 #                                     ThreadSanitizer (build-tsan/): CMakePresets.json
+#   bash scripts/test.sh --clang      instead, the library and its unit and preloaded tests
+#                                     built with clang++ (build-clang/), which must build and
+#                                     behave as the g++ build does
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +26,16 @@ if [ "${1:-}" = "--sanitize" ]; then
       TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
       ctest --preset "$preset" -j"$(nproc)" --timeout 600 "$@"
   done
+  exit 0
+fi
+
+if [ "${1:-}" = "--clang" ]; then
+  shift
+  ensure_packages cmake clang make catch2 libhwloc-dev pkg-config
+  cmake -S . -B build-clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build build-clang -j"$(nproc)"
+  cd build-clang
+  ctest --output-on-failure -j"$(nproc)" --timeout 600 -R "^(unit/|preload/|exports|link)" "$@"
   exit 0
 fi
 
