@@ -140,8 +140,14 @@ int fill_mixed_and_recover() {
     for (size_t j = 0; j < 48; ++j)
       if (p[j] != (i & 0xff)) return 20;
   }
-  // Give everything back; the same rotation then fits again, all of it.
+  // Give everything back; the same rotation then fits again, all of it. The kernel need not
+  // place the blocks where it did: they can reach a 2 GiB region the first fill did not, whose
+  // span-map leaf (2 MiB) the limit must then leave room for.
   for (size_t i = 0; i < count; ++i) free(blocks[i]);
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_AS, &limit) != 0) return 15;
+  limit.rlim_cur += size_t{4} << 20;
+  if (setrlimit(RLIMIT_AS, &limit) != 0) return 16;
   for (size_t i = 0; i < count; ++i) {
     blocks[i] = malloc_fn(kSizes[i % 5]);
     if (blocks[i] == nullptr) return 21;
