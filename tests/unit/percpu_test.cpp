@@ -55,6 +55,7 @@ uint32_t move_on_current_slab(const os::RseqSetup& rseq, TestSlabs& slabs, uint6
   const uint64_t to_bounds = (uint64_t{kTo} | uint64_t{kNewEnd} << 16) << 32;
   for (int attempt = 0; attempt < 100000; ++attempt) {
     const uint64_t index = current_index(rseq);
+    REQUIRE(index < slabs.count);  // a registered thread's index; the section trusts it
     if (arch::percpu_move_class(rseq.area_offset, rseq.index_field, index, base, kClass, from_bounds, kTo, to_bounds))
       return static_cast<uint32_t>(index);
   }
@@ -96,9 +97,12 @@ TEST_CASE("moving a class whose bounds changed meanwhile changes nothing") {
   // Bounds as a drain that stopped the class would have left them (cpu_cache.cpp's set_stopped).
   const uint64_t stale = uint64_t{kBegin} | uint64_t{kEnd + 1} << 16;
   const uint64_t to_bounds = (uint64_t{kTo} | uint64_t{kNewEnd} << 16) << 32;
-  for (int i = 0; i < 1000; ++i)
-    REQUIRE_FALSE(arch::percpu_move_class(rseq.area_offset, rseq.index_field, current_index(rseq), slabs.base(),
-                                          kClass, stale, kTo, to_bounds));
+  for (int i = 0; i < 1000; ++i) {
+    const uint64_t index = current_index(rseq);
+    REQUIRE(index < slabs.count);
+    REQUIRE_FALSE(arch::percpu_move_class(rseq.area_offset, rseq.index_field, index, slabs.base(), kClass, stale,
+                                          kTo, to_bounds));
+  }
   for (uint32_t index = 0; index < slabs.count; ++index) {
     const uint64_t* s = slabs.slab(index);
     REQUIRE(arch::load_header(s, kClass) == arch::make_header(kBegin + 20, kBegin, kEnd));
