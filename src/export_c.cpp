@@ -22,10 +22,11 @@ using namespace fastmalloc;
 namespace {
 
 // memalign and friends take any alignment: below a pointer it is raised to 16 (what malloc
-// gives), otherwise rounded up to a power of two, as glibc does.
+// gives), otherwise rounded up to a power of two, as glibc does. Only one that no power of two
+// holds (above 2^63) is refused with EINVAL; 2^63 itself fails as memory no address space has.
 void* memalign_any(size_t align, size_t size) {
   if (align <= 16) return allocate_aligned(16, size);
-  if (align > (size_t{1} << 62)) {
+  if (align > (size_t{1} << 63)) {
     errno = EINVAL;
     return nullptr;
   }

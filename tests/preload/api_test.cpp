@@ -475,6 +475,13 @@ TEST_CASE("memalign rounds odd alignments up, aligned_alloc refuses them") {
   errno = 0;
   REQUIRE(aligned_alloc_fn(48, 10) == nullptr);
   REQUIRE(errno == EINVAL);
+  // As glibc: an alignment no power of two holds is invalid; 2^63 is only too much memory.
+  errno = 0;
+  REQUIRE(memalign_fn((size_t{1} << 63) + 1, 1) == nullptr);
+  REQUIRE(errno == EINVAL);
+  errno = 0;
+  REQUIRE(memalign_fn(size_t{1} << 63, 1) == nullptr);
+  REQUIRE(errno == ENOMEM);
 }
 
 TEST_CASE("valloc and pvalloc give page-aligned blocks, pvalloc rounds the size to pages") {
