@@ -150,8 +150,9 @@ FM_EXPORT int mallopt(int, int) noexcept { return 1; }
 
 FM_EXPORT void malloc_stats() noexcept { print_stats(); }
 
+// A null stream is refused as an error rather than written to (glibc's would crash).
 FM_EXPORT int malloc_info(int options, FILE* out) noexcept {
-  if (options != 0) {
+  if (options != 0 || out == nullptr) {
     errno = EINVAL;
     return -1;
   }

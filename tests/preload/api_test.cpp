@@ -568,6 +568,9 @@ TEST_CASE("mallinfo2 and malloc_info report what is allocated") {
   const long long per_span = hardened() ? 14 : 8;  // a span of 16 KiB, or of 8 KiB
   REQUIRE(xml_attribute(xml, kClass1024, "spans") * per_span >= 1000);
   REQUIRE(malloc_info(1, stdout) == -1);
+  errno = 0;
+  REQUIRE(malloc_info(0, nullptr) == -1);  // refused, not written to
+  REQUIRE(errno == EINVAL);
 
   for (void* p : blocks) free(p);
   free(large);
