@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../refuse_syscalls.h"
+#include "os/os.h"
 #include "sync/rcu.h"
 #include "sync/thread_registry.h"
 #include "sync_support.h"
@@ -382,7 +383,7 @@ TEST_CASE("a pending cancellation does not act inside a grace period", "[sync]")
               [](void* arg) -> void* {
                 auto* w = static_cast<cancel::Waiter*>(arg);
                 pthread_cancel(pthread_self());  // deferred: pending until a cancellation point
-                w->tid.store(static_cast<int>(syscall(SYS_gettid)));
+                w->tid.store(fastmalloc::os::current_thread_id());
                 synchronize_rcu();
                 w->synchronized.store(true);
                 pthread_testcancel();
