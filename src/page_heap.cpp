@@ -265,7 +265,11 @@ Span* PageHeap::merge(Span* survivor, Span* other) {
   uintptr_t junction = other->start < survivor->start ? survivor->start : other->start;
   if (other->start < survivor->start) survivor->start = other->start;
   survivor->bytes += other->bytes;
-  if (!survivor->released) {
+  if (survivor->released != other->released) {
+    // Only where madvise is refused (coalesce()): the span is resident, named on every page.
+    survivor->released = false;
+    map_.set_range(survivor->start, survivor->bytes, survivor);
+  } else if (!survivor->released) {
     map_.set_range(other->start, other->bytes, survivor);
   } else {
     // A released span is named at its ends only (release_pages): the merged span's new end
@@ -286,9 +290,9 @@ void PageHeap::forget_interior(Span* span, uintptr_t start, size_t bytes) {
 
 Span* PageHeap::coalesce(Span* span) {
   // A neighbour on no list is waiting in release_list_locked(), which merges it in its turn.
-  auto joins = [span](const Span* neighbour) {
+  auto joins = [this, span](const Span* neighbour) {
     return neighbour != nullptr && neighbour != span && neighbour->state == SpanState::kFree && neighbour->on_list &&
-           neighbour->released == span->released;
+           (neighbour->released == span->released || release_refused_);
   };
   if (Span* left = map_.lookup(span->start - 1); joins(left) && left->end() == span->start) {
     remove_free(left);
@@ -367,7 +371,10 @@ void PageHeap::note_shrinking_locked(uint64_t now) {
 
 bool PageHeap::release_pages(Span* span) {
   if (span->released) return true;
-  if (!os::release(reinterpret_cast<void*>(span->start), span->bytes)) return false;
+  if (!os::release(reinterpret_cast<void*>(span->start), span->bytes)) {
+    release_refused_ = true;
+    return false;
+  }
   span->released = true;
   // Its entries inside describe pages nobody may use now: after a peak they would hold a
   // megabyte of span map per gigabyte of address space resident.

@@ -453,8 +453,11 @@ TEST_CASE("the heap's growths adjoin, so after a trim its free pages lie in a fe
   // Free pages merge only with free pages next to them. Growths with holes between them (two
   // threads racing to grow, or padding left above an aligned mapping) stay separate runs, and
   // each run keeps span-map entries resident at its ends after it is released.
+  // Blocks of 4608 bytes: their spans do not tile a growth, so each growth ends in untouched
+  // pages beside the growth above it. Where madvise is refused (mode nomadvise), those stay
+  // apart from the resident pages next to them unless the heap merges free runs in both states.
   if (!in_fresh_process("the heap's growths adjoin*")) return;
-  constexpr size_t kBlock = 4096, kBlocksPerThread = 16384;  // 64 MiB a thread
+  constexpr size_t kBlock = 4608, kBlocksPerThread = 16384;  // 72 MiB a thread
   malloc_trim(0);
   const size_t heap_before = property("heap_bytes"), runs_before = mallinfo2().ordblks;
   // Both hold their blocks until both have allocated, so the heap holds both at once however
