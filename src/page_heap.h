@@ -174,10 +174,11 @@ class PageHeap {
   // Merges `span` (on no list) with its free neighbours in the same state, released or
   // resident: a merged span is one or the other, so the heap's resident count stays exact
   // (gperftools' page heap does the same). Spans released later merge then, so no two free
-  // neighbours are ever in the same state. Where madvise is refused (a seccomp filter), no span
-  // is ever released later: it merges with every free neighbour, and a merged span is resident;
-  // otherwise each growth's untouched end stays a run of its own beside the growth above it
-  // (57 runs for the 5 of a heap that could release, after 2 x 64 MiB of 4608-byte blocks).
+  // neighbours are ever in the same state. Where madvise is refused (a seccomp filter, or
+  // pages locked by mlockall), no span is ever released later: it merges with every free
+  // neighbour, and a merged span is resident; otherwise each growth's untouched end stays a run
+  // of its own beside the growth above it (57 runs for the 5 of a heap that could release,
+  // after 2 x 64 MiB of 4608-byte blocks).
   Span* coalesce(Span* span);
   // A descriptor no entry names any more goes back to its pool after a grace period.
   static void retire(Span* span);
