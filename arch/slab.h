@@ -16,7 +16,8 @@
 // so does a "stopped" one (begin = 0xffff, end = 0), which is how a slab is fenced off while
 // another thread drains it. Headers change only by whole-word stores (setup, and the commit of a
 // class moving to other slots), 32-bit stores of begin/end (stop, restart, growth) and 16-bit
-// stores of current (the commit of a pop or push).
+// stores of current (the commit of a pop or push, and a drain's reset while stopped). A
+// critical section reads a header with one 64-bit load, never current and the bounds apart.
 #pragma once
 
 #include <cstdint>

@@ -45,9 +45,13 @@
 // and the push's outputs are scratch registers nobody reads, so without `volatile` the compiler
 // deletes the whole push (it did).
 
-// The start both sections share: publish the descriptor, then (label 1, the section's start)
-// read the index, check it, find the slab and load the class's `current` into %[current],
-// leaving the slab's address in %[scratch].
+// The start every section shares: publish the descriptor, then (label 1, the section's start)
+// read the index, check it, find the slab and load the class's whole header into %[current],
+// leaving the slab's address in %[scratch]. One load: a drain stops the header, resets
+// `current` and restarts it with three stores, and a section that read `current` and the
+// bounds with two loads, interrupted in between for longer than the drain (a vCPU the host did
+// not run, which the guest does not count as a preemption), paired the old `current` with the
+// new bounds and committed above the drained slots (docs/design.md, "The drain that was undone").
 #define FM_RSEQ_SLAB_HEADER                                                  \
   "leaq 5b(%%rip), %[scratch]\n\t"                                           \
   "movq %[scratch], %%fs:" FM_STR(FASTMALLOC_RSEQ_CS_OFFSET) "(%[rseq])\n\t"  \
@@ -57,7 +61,7 @@
   "jae %l[miss]\n\t"                                                         \
   "shlq $" FM_STR(FASTMALLOC_SLAB_SHIFT) ", %[scratch]\n\t"                  \
   "addq %[slabs], %[scratch]\n\t"                                            \
-  "movzwl (%[scratch], %[cls], 8), %k[current]\n\t"
+  "movq (%[scratch], %[cls], 8), %[current]\n\t"
 
 namespace fastmalloc::arch {
 
@@ -77,15 +81,18 @@ inline constexpr uint32_t kRseqSignature = FASTMALLOC_RSEQ_SIG;
 // 1:cpu = *(uint32_t*)(rseq + cpu_field)
 //   if (cpu >= num_slabs) miss
 //   slab = slabs + (cpu << kSlabShift)
-//   current = slab[cls].current
-//   if (current <= slab[cls].begin) miss
+//   header = slab[cls]                         (one load: current, begin and end together)
+//   if (header.current <= header.begin) miss
 //   item = slab[current - 1]
 //   if (kCountHits) slab.alloc_hits++
 //   slab[cls].current = current - 1          <- commit
 // 2:
 #define FM_PERCPU_POP(count)                                                                           \
   asm volatile goto(FM_RSEQ_DESCRIPTOR FM_RSEQ_SLAB_HEADER                                             \
-                    "cmpw 4(%[scratch], %[cls], 8), %w[current]\n\t"                                    \
+                    "movq %[current], %[item]\n\t"                                                     \
+                    "shrq $32, %[item]\n\t"                                                            \
+                    "movzwl %w[current], %k[current]\n\t"                                              \
+                    "cmpw %w[item], %w[current]\n\t"                                                   \
                     "jbe %l[miss]\n\t"                                                                 \
                     "movq -8(%[scratch], %[current], 8), %[item]\n\t" count                            \
                     "decl %k[current]\n\t"                                                             \
@@ -117,21 +124,24 @@ miss:
 // 1:cpu = *(uint32_t*)(rseq + cpu_field)
 //   if (cpu >= num_slabs) miss
 //   slab = slabs + (cpu << kSlabShift)
-//   current = slab[cls].current
-//   if (current >= slab[cls].end) miss
+//   header = slab[cls]                         (one load, as in the pop)
+//   if (header.current >= header.end) miss
 //   slab[current] = item                      (above current: invisible until the commit)
 //   if (kCountHits) slab.free_hits++
 //   slab[cls].current = current + 1          <- commit
 // 2:
 #define FM_PERCPU_PUSH(count)                                                                          \
   asm volatile goto(FM_RSEQ_DESCRIPTOR FM_RSEQ_SLAB_HEADER                                             \
-                    "cmpw 6(%[scratch], %[cls], 8), %w[current]\n\t"                                    \
+                    "movq %[current], %[end]\n\t"                                                      \
+                    "shrq $48, %[end]\n\t"                                                             \
+                    "movzwl %w[current], %k[current]\n\t"                                              \
+                    "cmpw %w[end], %w[current]\n\t"                                                    \
                     "jae %l[miss]\n\t"                                                                 \
                     "movq %[item], (%[scratch], %[current], 8)\n\t" count                              \
                     "incl %k[current]\n\t"                                                             \
                     "movw %w[current], (%[scratch], %[cls], 8)\n\t"                                    \
                     "2:\n\t" FM_RSEQ_ABORT(miss)                                                       \
-                    : [scratch] "=&r"(scratch), [current] "=&r"(current)                                \
+                    : [scratch] "=&r"(scratch), [current] "=&r"(current), [end] "=&r"(end)              \
                     : [rseq] "r"(rseq), [cpu_field] "r"(cpu_field), [num_slabs] "r"(num_slabs),         \
                       [slabs] "r"(slabs), [cls] "r"(cls), [item] "r"(item)                              \
                     : "memory", "cc"                                                                    \
@@ -140,7 +150,7 @@ miss:
 template <bool kCountHits>
 FM_ALWAYS_INLINE bool percpu_push(uintptr_t rseq, uint64_t cpu_field, uint64_t num_slabs, uintptr_t slabs,
                                   uint64_t cls, void* item) {
-  uint64_t scratch, current;
+  uint64_t scratch, current, end;
   if constexpr (kCountHits) FM_PERCPU_PUSH("incq " FM_STR(FASTMALLOC_SLAB_FREE_HITS_OFFSET) "(%[scratch])\n\t");
   else FM_PERCPU_PUSH("");
   return true;
@@ -156,8 +166,8 @@ miss:
 //
 // pop_batch:                                  push_batch:
 //   rseq->rseq_cs = &descriptor                 (the same start)
-// 1:cpu, slab, current as in percpu_pop         k = slab[cls].end - current
-//   k = current - slab[cls].begin               if (k <= 0) miss; k = min(k, n)
+// 1:cpu, slab, header as in percpu_pop          k = header.end - header.current
+//   k = header.current - header.begin           if (k <= 0) miss; k = min(k, n)
 //   if (k <= 0) miss; k = min(k, n)             for i in 0..k-1: slab[current + i] = in[i]
 //   current -= k                                slab[cls].current = current + k   <- commit
 //   for i in 0..k-1: out[i] = slab[current + i]
@@ -168,7 +178,10 @@ FM_ALWAYS_INLINE int percpu_pop_batch(uintptr_t rseq, uint64_t cpu_field, const 
   uint64_t scratch, current, k, index, item, from;
   asm volatile goto(FM_RSEQ_DESCRIPTOR
            FM_RSEQ_SLAB_HEADER
-           "movzwl 4(%[scratch], %[cls], 8), %k[item]\n\t"
+           "movq %[current], %[item]\n\t"
+           "shrq $32, %[item]\n\t"
+           "movzwl %w[item], %k[item]\n\t"
+           "movzwl %w[current], %k[current]\n\t"
            "movq %[current], %[k]\n\t"
            "subq %[item], %[k]\n\t"
            "jle %l[miss]\n\t"
@@ -202,7 +215,9 @@ FM_ALWAYS_INLINE int percpu_push_batch(uintptr_t rseq, uint64_t cpu_field, const
   uint64_t scratch, current, k, index, item, to;
   asm volatile goto(FM_RSEQ_DESCRIPTOR
            FM_RSEQ_SLAB_HEADER
-           "movzwl 6(%[scratch], %[cls], 8), %k[k]\n\t"
+           "movq %[current], %[k]\n\t"
+           "shrq $48, %[k]\n\t"
+           "movzwl %w[current], %k[current]\n\t"
            "subq %[current], %[k]\n\t"
            "jle %l[miss]\n\t"
            "cmpq %[n], %[k]\n\t"
