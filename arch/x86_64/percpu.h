@@ -49,9 +49,10 @@
 // read the index, check it, find the slab and load the class's whole header into %[current],
 // leaving the slab's address in %[scratch]. One load: a drain stops the header, resets
 // `current` and restarts it with three stores, and a section that read `current` and the
-// bounds with two loads, interrupted in between for longer than the drain (a vCPU the host did
-// not run, which the guest does not count as a preemption), paired the old `current` with the
-// new bounds and committed above the drained slots (docs/design.md, "The drain that was undone").
+// bounds with two loads, interrupted in between for longer than the drain (most likely a
+// vCPU the host did not run, which the guest does not count as a preemption), paired the old
+// `current` with the new bounds and committed above the drained slots (docs/design.md, "The
+// drain that was undone").
 #define FM_RSEQ_SLAB_HEADER                                                  \
   "leaq 5b(%%rip), %[scratch]\n\t"                                           \
   "movq %[scratch], %%fs:" FM_STR(FASTMALLOC_RSEQ_CS_OFFSET) "(%[rseq])\n\t"  \
