@@ -222,19 +222,34 @@ uint16_t give_initial_room(SlabControl& control, unsigned cls) {
   return begin;
 }
 
-// Headers are written whole (one 64-bit store each), so a fast path on this slab sees either
-// the zero header, which misses, or the final one.
+// Gives slab `index` its headers, each class empty in its initial room, and marks it ready.
+// Until then its headers are all zero, and a section that read a zero bound and then a `current`
+// written meanwhile would pair them (arch/slab.h: sections load the bound first), so in rseq
+// mode each header is written by a critical section on the slab's own CPU, as move_home writes
+// one: no other section can run on that slab between its load and its commit. The thread may
+// have moved since it read its index; the section then misses, the headers written so far stay
+// (each is whole, and its objects are the slab's), and a later miss on the slab finishes.
 void ensure_slab(uint32_t index) {
   SlabControl& control = g_control[index];
   if (FM_LIKELY(control.ready.load(std::memory_order_acquire))) return;
   LockGuard guard(control.lock);
   if (control.ready.load(std::memory_order_relaxed)) return;
   uint64_t* s = slab(index);
-  control.capacity_bytes = 0;
+  const PerCpuConfig& c = g_percpu;
+  const uint64_t expected_index = index;
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    uint16_t begin = give_initial_room(control, cls);
-    arch::store_header(s, cls, arch::make_header(begin, begin, control.end[cls].load(std::memory_order_relaxed)));
+    uint16_t begin = kLayout.nursery[cls], end = static_cast<uint16_t>(begin + g_initial_room[cls]);
+    if (g_mode == CacheMode::kLocked) {
+      arch::store_header(s, cls, arch::make_header(begin, begin, end));
+    } else if (arch::load_header(s, cls) >> 32 == 0) {
+      const uint64_t bounds = (uint64_t{begin} | uint64_t{end} << 16) << 32;
+      if (!arch::percpu_move_class(c.rseq_area_offset, c.index_field, expected_index, c.slabs, cls, 0, begin,
+                                   bounds))
+        return;
+    }
   }
+  control.capacity_bytes = 0;
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) give_initial_room(control, cls);
   control.ready.store(true, std::memory_order_release);
 }
 

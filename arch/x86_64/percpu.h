@@ -46,14 +46,10 @@
 // deletes the whole push (it did).
 
 // The start every section shares: publish the descriptor, then (label 1, the section's start)
-// read the index, check it, find the slab and load the class's whole header into %[current],
-// leaving the slab's address in %[scratch]. One load: a drain stops the header, resets
-// `current` and restarts it with three stores, and a section that read `current` and the
-// bounds with two loads, interrupted in between for longer than the drain (most likely a
-// vCPU the host did not run, which the guest does not count as a preemption), paired the old
-// `current` with the new bounds and committed above the drained slots (docs/design.md, "The
-// drain that was undone").
-#define FM_RSEQ_SLAB_HEADER                                                  \
+// read the index, check it and leave the slab's address in %[scratch]. Each section then loads
+// the bound it checks, and only after it the class's `current` (arch/slab.h says why in that
+// order, and why not as one 64-bit load).
+#define FM_RSEQ_SLAB                                                         \
   "leaq 5b(%%rip), %[scratch]\n\t"                                           \
   "movq %[scratch], %%fs:" FM_STR(FASTMALLOC_RSEQ_CS_OFFSET) "(%[rseq])\n\t"  \
   "1:\n\t"                                                                   \
@@ -61,8 +57,12 @@
   "cmpq %[num_slabs], %[scratch]\n\t"                                        \
   "jae %l[miss]\n\t"                                                         \
   "shlq $" FM_STR(FASTMALLOC_SLAB_SHIFT) ", %[scratch]\n\t"                  \
-  "addq %[slabs], %[scratch]\n\t"                                            \
-  "movq (%[scratch], %[cls], 8), %[current]\n\t"
+  "addq %[slabs], %[scratch]\n\t"
+
+// The bound and then `current` of class %[cls], each zero-extended into a register.
+#define FM_LOAD_BEGIN(reg) "movzwl 4(%[scratch], %[cls], 8), %k[" #reg "]\n\t"
+#define FM_LOAD_END(reg) "movzwl 6(%[scratch], %[cls], 8), %k[" #reg "]\n\t"
+#define FM_LOAD_CURRENT "movzwl (%[scratch], %[cls], 8), %k[current]\n\t"
 
 namespace fastmalloc::arch {
 
@@ -82,18 +82,17 @@ inline constexpr uint32_t kRseqSignature = FASTMALLOC_RSEQ_SIG;
 // 1:cpu = *(uint32_t*)(rseq + cpu_field)
 //   if (cpu >= num_slabs) miss
 //   slab = slabs + (cpu << kSlabShift)
-//   header = slab[cls]                         (one load: current, begin and end together)
-//   if (header.current <= header.begin) miss
+//   begin = slab[cls].begin                   (the bound first, then current)
+//   current = slab[cls].current
+//   if (current <= begin) miss
 //   item = slab[current - 1]
 //   if (kCountHits) slab.alloc_hits++
 //   slab[cls].current = current - 1          <- commit
 // 2:
 #define FM_PERCPU_POP(count)                                                                           \
-  asm volatile goto(FM_RSEQ_DESCRIPTOR FM_RSEQ_SLAB_HEADER                                             \
-                    "movq %[current], %[item]\n\t"                                                     \
-                    "shrq $32, %[item]\n\t"                                                            \
-                    "movzwl %w[current], %k[current]\n\t"                                              \
-                    "cmpw %w[item], %w[current]\n\t"                                                   \
+  asm volatile goto(FM_RSEQ_DESCRIPTOR FM_RSEQ_SLAB                                                    \
+                    FM_LOAD_BEGIN(item) FM_LOAD_CURRENT                                                \
+                    "cmpl %k[item], %k[current]\n\t"                                                   \
                     "jbe %l[miss]\n\t"                                                                 \
                     "movq -8(%[scratch], %[current], 8), %[item]\n\t" count                            \
                     "decl %k[current]\n\t"                                                             \
@@ -125,18 +124,17 @@ miss:
 // 1:cpu = *(uint32_t*)(rseq + cpu_field)
 //   if (cpu >= num_slabs) miss
 //   slab = slabs + (cpu << kSlabShift)
-//   header = slab[cls]                         (one load, as in the pop)
-//   if (header.current >= header.end) miss
+//   end = slab[cls].end                       (the bound first, as in the pop)
+//   current = slab[cls].current
+//   if (current >= end) miss
 //   slab[current] = item                      (above current: invisible until the commit)
 //   if (kCountHits) slab.free_hits++
 //   slab[cls].current = current + 1          <- commit
 // 2:
 #define FM_PERCPU_PUSH(count)                                                                          \
-  asm volatile goto(FM_RSEQ_DESCRIPTOR FM_RSEQ_SLAB_HEADER                                             \
-                    "movq %[current], %[end]\n\t"                                                      \
-                    "shrq $48, %[end]\n\t"                                                             \
-                    "movzwl %w[current], %k[current]\n\t"                                              \
-                    "cmpw %w[end], %w[current]\n\t"                                                    \
+  asm volatile goto(FM_RSEQ_DESCRIPTOR FM_RSEQ_SLAB                                                    \
+                    FM_LOAD_END(end) FM_LOAD_CURRENT                                                   \
+                    "cmpl %k[end], %k[current]\n\t"                                                    \
                     "jae %l[miss]\n\t"                                                                 \
                     "movq %[item], (%[scratch], %[current], 8)\n\t" count                              \
                     "incl %k[current]\n\t"                                                             \
@@ -167,8 +165,8 @@ miss:
 //
 // pop_batch:                                  push_batch:
 //   rseq->rseq_cs = &descriptor                 (the same start)
-// 1:cpu, slab, header as in percpu_pop          k = header.end - header.current
-//   k = header.current - header.begin           if (k <= 0) miss; k = min(k, n)
+// 1:cpu, slab, begin, current as in percpu_pop  k = end - current (end loaded first)
+//   k = current - begin                         if (k <= 0) miss; k = min(k, n)
 //   if (k <= 0) miss; k = min(k, n)             for i in 0..k-1: slab[current + i] = in[i]
 //   current -= k                                slab[cls].current = current + k   <- commit
 //   for i in 0..k-1: out[i] = slab[current + i]
@@ -178,11 +176,9 @@ FM_ALWAYS_INLINE int percpu_pop_batch(uintptr_t rseq, uint64_t cpu_field, const 
                                       const uintptr_t& slabs, uint64_t cls, void** out, uint64_t n) {
   uint64_t scratch, current, k, index, item, from;
   asm volatile goto(FM_RSEQ_DESCRIPTOR
-           FM_RSEQ_SLAB_HEADER
-           "movq %[current], %[item]\n\t"
-           "shrq $32, %[item]\n\t"
-           "movzwl %w[item], %k[item]\n\t"
-           "movzwl %w[current], %k[current]\n\t"
+           FM_RSEQ_SLAB
+           FM_LOAD_BEGIN(item)
+           FM_LOAD_CURRENT
            "movq %[current], %[k]\n\t"
            "subq %[item], %[k]\n\t"
            "jle %l[miss]\n\t"
@@ -215,10 +211,9 @@ FM_ALWAYS_INLINE int percpu_push_batch(uintptr_t rseq, uint64_t cpu_field, const
                                        const uintptr_t& slabs, uint64_t cls, void* const* in, uint64_t n) {
   uint64_t scratch, current, k, index, item, to;
   asm volatile goto(FM_RSEQ_DESCRIPTOR
-           FM_RSEQ_SLAB_HEADER
-           "movq %[current], %[k]\n\t"
-           "shrq $48, %[k]\n\t"
-           "movzwl %w[current], %k[current]\n\t"
+           FM_RSEQ_SLAB
+           FM_LOAD_END(k)
+           FM_LOAD_CURRENT
            "subq %[current], %[k]\n\t"
            "jle %l[miss]\n\t"
            "cmpq %[n], %[k]\n\t"
@@ -247,7 +242,9 @@ miss:
 }
 
 // Moves a class's objects to another run of slots and gives the class new bounds there, in one
-// section: how a class leaves the shared nursery for its own room when it grows (cpu_cache.cpp).
+// section: how a class leaves the shared nursery for its own room when it grows, and (moving
+// nothing from the all-zero header, from_bounds 0) how a slab gets its first headers
+// (cpu_cache.cpp).
 // The caller holds the control lock of slab `index`, so nothing but critical sections on that
 // slab's CPU changes it meanwhile; the section misses if the thread runs on another slab, or the
 // class's bounds are no longer `from_bounds` (begin | end << 16: stopped, or moved). The slots
