@@ -125,22 +125,30 @@ miss:
 //   if (cpu >= num_slabs) miss
 //   slab = slabs + (cpu << kSlabShift)
 //   end = slab[cls].end                       (the bound first, as in the pop)
-//   current = slab[cls].current
-//   if (current >= end) miss
+//   if (slab[cls].current >= end) miss
+//   current = slab[cls].current               (again: the same value, see below)
 //   slab[current] = item                      (above current: invisible until the commit)
 //   if (kCountHits) slab.free_hits++
 //   slab[cls].current = current + 1          <- commit
 // 2:
+// `end` is loaded into the register that then takes `current`, so the push needs no register
+// more than the pop and free's fast path saves none. The second load of `current` reads what
+// the first did: only a commit on this slab or a drain's reset changes it, and neither can land
+// between the two loads without aborting the section (a commit there means this thread was
+// preempted; a reset comes after a stop and a fence, which abort a section that read the
+// bounds from before the stop, and one that read them after the restart reads the reset value
+// both times).
 #define FM_PERCPU_PUSH(count)                                                                          \
   asm volatile goto(FM_RSEQ_DESCRIPTOR FM_RSEQ_SLAB                                                    \
-                    FM_LOAD_END(end) FM_LOAD_CURRENT                                                   \
-                    "cmpl %k[end], %k[current]\n\t"                                                    \
-                    "jae %l[miss]\n\t"                                                                 \
+                    FM_LOAD_END(current)                                                               \
+                    "cmpw (%[scratch], %[cls], 8), %w[current]\n\t"                                    \
+                    "jbe %l[miss]\n\t"                                                                 \
+                    FM_LOAD_CURRENT                                                                    \
                     "movq %[item], (%[scratch], %[current], 8)\n\t" count                              \
                     "incl %k[current]\n\t"                                                             \
                     "movw %w[current], (%[scratch], %[cls], 8)\n\t"                                    \
                     "2:\n\t" FM_RSEQ_ABORT(miss)                                                       \
-                    : [scratch] "=&r"(scratch), [current] "=&r"(current), [end] "=&r"(end)              \
+                    : [scratch] "=&r"(scratch), [current] "=&r"(current)                                \
                     : [rseq] "r"(rseq), [cpu_field] "r"(cpu_field), [num_slabs] "r"(num_slabs),         \
                       [slabs] "r"(slabs), [cls] "r"(cls), [item] "r"(item)                              \
                     : "memory", "cc"                                                                    \
@@ -149,7 +157,7 @@ miss:
 template <bool kCountHits>
 FM_ALWAYS_INLINE bool percpu_push(uintptr_t rseq, uint64_t cpu_field, uint64_t num_slabs, uintptr_t slabs,
                                   uint64_t cls, void* item) {
-  uint64_t scratch, current, end;
+  uint64_t scratch, current;
   if constexpr (kCountHits) FM_PERCPU_PUSH("incq " FM_STR(FASTMALLOC_SLAB_FREE_HITS_OFFSET) "(%[scratch])\n\t");
   else FM_PERCPU_PUSH("");
   return true;
