@@ -65,10 +65,11 @@
 #define FM_LOAD_CURRENT "movzwl (%[scratch], %[cls], 8), %k[current]\n\t"
 
 // A test build (FASTMALLOC_TEST_STALLS, CMakeLists.txt) holds about one section in 1024
-// up between its load of the bound and its load of `current`, for about 2,000 pause
-// instructions (tens of microseconds), without leaving the CPU: what a vCPU the host does not
-// run looks like to the guest, no preemption and so no abort. The per-CPU stress test run on
-// that build hands blocks out twice if the loads are taken in the wrong order. Empty otherwise.
+// up between its load of the bound and its load of `current` (and the push also between its two
+// loads of `current`), for about 2,000 pause instructions (tens of microseconds), without
+// leaving the CPU: what a vCPU the host does not run looks like to the guest, no preemption and
+// so no abort. The per-CPU stress test run on that build hands blocks out twice if the loads
+// are taken in the wrong order. Empty otherwise.
 #ifdef FASTMALLOC_TEST_STALLS
 #define FM_STALL_BETWEEN_LOADS \
   "rdtsc\n\t"                 \
@@ -165,7 +166,7 @@ miss:
                     FM_LOAD_END(current) FM_STALL_BETWEEN_LOADS                                        \
                     "cmpw (%[scratch], %[cls], 8), %w[current]\n\t"                                    \
                     "jbe %l[miss]\n\t"                                                                 \
-                    FM_LOAD_CURRENT                                                                    \
+                    FM_STALL_BETWEEN_LOADS FM_LOAD_CURRENT                                             \
                     "movq %[item], (%[scratch], %[current], 8)\n\t" count                              \
                     "incl %k[current]\n\t"                                                             \
                     "movw %w[current], (%[scratch], %[cls], 8)\n\t"                                    \
