@@ -228,12 +228,14 @@ uint16_t give_initial_room(SlabControl& control, unsigned cls) {
 // mode each header is written by a critical section on the slab's own CPU, as move_home writes
 // one: no other section can run on that slab between its load and its commit. The thread may
 // have moved since it read its index; the section then misses, the headers written so far stay
-// (each is whole, and its objects are the slab's), and a later miss on the slab finishes.
-void ensure_slab(uint32_t index) {
+// (each is whole, and its objects are the slab's), a later miss on the slab finishes, and until
+// then the slab is not ready: false, and the caller must not touch the slab's control (its
+// bounds there are still zero, and a growth would give a class the slots of the headers).
+bool ensure_slab(uint32_t index) {
   SlabControl& control = g_control[index];
-  if (FM_LIKELY(control.ready.load(std::memory_order_acquire))) return;
+  if (FM_LIKELY(control.ready.load(std::memory_order_acquire))) return true;
   LockGuard guard(control.lock);
-  if (control.ready.load(std::memory_order_relaxed)) return;
+  if (control.ready.load(std::memory_order_relaxed)) return true;
   uint64_t* s = slab(index);
   const PerCpuConfig& c = g_percpu;
   const uint64_t expected_index = index;
@@ -245,12 +247,13 @@ void ensure_slab(uint32_t index) {
       const uint64_t bounds = (uint64_t{begin} | uint64_t{end} << 16) << 32;
       if (!arch::percpu_move_class(c.rseq_area_offset, c.index_field, expected_index, c.slabs, cls, 0, begin,
                                    bounds))
-        return;
+        return false;
     }
   }
   control.capacity_bytes = 0;
   for (unsigned cls = 1; cls < kNumClasses; ++cls) give_initial_room(control, cls);
   control.ready.store(true, std::memory_order_release);
+  return true;
 }
 
 // The slab index the fast path would use for this thread, registering the thread first where
@@ -472,7 +475,7 @@ bool overflow_push(const Slab& slab, unsigned cls, void* p) {
 // Locked mode: the slab of the CPU we are on now, under its lock.
 uint32_t locked_slab_index() {
   uint32_t index = os::current_cpu() % static_cast<uint32_t>(g_percpu.num_slabs);
-  ensure_slab(index);
+  ensure_slab(index);  // never fails in locked mode: no section is involved
   return index;
 }
 
@@ -668,7 +671,8 @@ void periodic_work() {
 }
 
 // Runs op(slab) on the calling thread's slab, owned the way the mode requires: under its lock
-// in locked mode, through rseq sections otherwise; no_slab() where the thread has no rseq index.
+// in locked mode, through rseq sections otherwise; no_slab() where the thread has no rseq index
+// or has moved off a slab it was setting up.
 template <class Op, class NoSlab>
 auto on_current_slab(Op op, NoSlab no_slab) {
   if (g_mode == CacheMode::kLocked) {
@@ -677,8 +681,7 @@ auto on_current_slab(Op op, NoSlab no_slab) {
     return op(OwnedSlab{slab(index), index});
   }
   uint32_t index = rseq_index();
-  if (index == kNoSlab) return no_slab();
-  ensure_slab(index);
+  if (index == kNoSlab || !ensure_slab(index)) return no_slab();
   return op(RseqSlab{index});
 }
 

@@ -110,3 +110,33 @@ TEST_CASE("moving a class whose bounds changed meanwhile changes nothing") {
     REQUIRE(s[kTo] == 0);
   }
 }
+
+// How cpu_cache.cpp's ensure_slab gives a slab its first headers: a move of nothing from the
+// all-zero header, on the slab's own CPU (or mm_cid) only.
+TEST_CASE("a zero header gets its first bounds from a move of nothing, on its own slab only") {
+  const os::RseqSetup rseq = os::rseq_setup(true);
+  REQUIRE(rseq.kind != os::RseqKind::kNone);
+  TestSlabs slabs;
+  const uint32_t moved = move_on_current_slab(rseq, slabs, 0);
+  REQUIRE(moved < slabs.count);
+  CHECK(arch::load_header(slabs.slab(moved), kClass) == arch::make_header(kTo, kTo, kNewEnd));
+  for (uint32_t index = 0; index < slabs.count; ++index)
+    if (index != moved) CHECK(arch::load_header(slabs.slab(index), kClass) == 0);
+  // Asked for a slab the thread is not on, the section misses and writes nothing.
+  if (slabs.count > 1) {
+    TestSlabs fresh;
+    const uint64_t to_bounds = (uint64_t{kTo} | uint64_t{kNewEnd} << 16) << 32;
+    int missed = 0;
+    for (int i = 0; i < 1000; ++i) {
+      const uint64_t other = (current_index(rseq) + 1) % fresh.count;
+      missed += !arch::percpu_move_class(rseq.area_offset, rseq.index_field, other, fresh.base(), kClass, 0, kTo,
+                                         to_bounds);
+    }
+    CHECK(missed > 0);
+    for (uint32_t index = 0; index < fresh.count; ++index) {
+      uint64_t header = arch::load_header(fresh.slab(index), kClass);
+      // Only a thread that moved to `other` between reading its index and the section commits.
+      CHECK((header == 0 || header == arch::make_header(kTo, kTo, kNewEnd)));
+    }
+  }
+}
