@@ -229,8 +229,9 @@ uint16_t give_initial_room(SlabControl& control, unsigned cls) {
 // one: no other section can run on that slab between its load and its commit. The thread may
 // have moved since it read its index; the section then misses, the headers written so far stay
 // (each is whole, and its objects are the slab's), a later miss on the slab finishes, and until
-// then the slab is not ready: false, and the caller must not touch the slab's control (its
-// bounds there are still zero, and a growth would give a class the slots of the headers).
+// then the slab is not ready: false, and the caller must not work on the slab (a class whose
+// header is still zero has bounds in the control already, and a growth there would give it
+// those bounds over a `current` of 0: the slots of the headers).
 bool ensure_slab(uint32_t index) {
   SlabControl& control = g_control[index];
   if (FM_LIKELY(control.ready.load(std::memory_order_acquire))) return true;
@@ -239,19 +240,17 @@ bool ensure_slab(uint32_t index) {
   uint64_t* s = slab(index);
   const PerCpuConfig& c = g_percpu;
   const uint64_t expected_index = index;
+  control.capacity_bytes = 0;  // an attempt that missed counted its rooms: count them afresh
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    uint16_t begin = kLayout.nursery[cls], end = static_cast<uint16_t>(begin + g_initial_room[cls]);
+    uint16_t begin = give_initial_room(control, cls), end = control.end[cls].load(std::memory_order_relaxed);
     if (g_mode == CacheMode::kLocked) {
       arch::store_header(s, cls, arch::make_header(begin, begin, end));
-    } else if (arch::load_header(s, cls) >> 32 == 0) {
-      const uint64_t bounds = (uint64_t{begin} | uint64_t{end} << 16) << 32;
-      if (!arch::percpu_move_class(c.rseq_area_offset, c.index_field, expected_index, c.slabs, cls, 0, begin,
-                                   bounds))
-        return false;
+    } else if (arch::load_header(s, cls) >> 32 == 0 &&
+               !arch::percpu_move_class(c.rseq_area_offset, c.index_field, expected_index, c.slabs, cls, 0, begin,
+                                        arch::make_header(0, begin, end))) {
+      return false;
     }
   }
-  control.capacity_bytes = 0;
-  for (unsigned cls = 1; cls < kNumClasses; ++cls) give_initial_room(control, cls);
   control.ready.store(true, std::memory_order_release);
   return true;
 }
@@ -290,7 +289,7 @@ bool move_home(uint32_t index, unsigned cls, uint16_t begin, uint16_t end, uint1
   }
   const PerCpuConfig& c = g_percpu;
   const uint64_t expected_index = index;
-  const uint64_t to_bounds = (uint64_t{home} | uint64_t{new_end} << 16) << 32;
+  const uint64_t to_bounds = arch::make_header(0, home, new_end);
   return arch::percpu_move_class(c.rseq_area_offset, c.index_field, expected_index, c.slabs, cls,
                                  uint64_t{begin} | uint64_t{end} << 16, home, to_bounds);
 }
