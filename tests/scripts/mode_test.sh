@@ -35,7 +35,7 @@ err=$(mktemp)
 trap 'rm -f "$err"' EXIT
 if ! env "${env_vars[@]}" LD_PRELOAD="$lib" FASTMALLOC_STATS=1 "${prefix[@]}" "$tests" 2> "$err"; then
   echo "FAIL: the preloaded suite failed in mode $mode"
-  grep -v '^fastmalloc: [a-z_]*[:=]' "$err" | tail -20  # all but the statistics, reports kept
+  grep -v '^fastmalloc: [a-z_]*[:=]' "$err" | tail -40  # all but the statistics: reports and crash backtraces kept
   exit 1
 fi
 modes=$(grep -o '^fastmalloc: mode=[a-z-]*' "$err" | sort -u | sed 's/.*=//')
