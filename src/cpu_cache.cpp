@@ -121,11 +121,12 @@ struct alignas(64) SlabControl {
   Mutex lock;
   std::atomic<bool> ready;
   // Under lock: the slab's headers at the last idle scan (slab_signature), what the scan or
-  // malloc_trim drain in progress stopped it for, each class's bounds (what set_stopped
-  // restores; read without the lock only as hints) and the bytes those capacities add up to.
+  // malloc_trim drain in progress stopped it for, each class's room (what set_stopped
+  // restores; read without the lock only as a hint, room_of) and the bytes those capacities add
+  // up to.
   uint64_t signature;
   ScanAction scan_action;
-  std::atomic<uint16_t> begin[kNumClasses], end[kNumClasses];  // the class's room: in the nursery or home
+  std::atomic<uint32_t> room[kNumClasses];  // RoomWord: the class's slots, in the nursery or home
   uint16_t shrink_to[kNumClasses];  // during a scan: the new end, or 0
   bool empty_out[kNumClasses];       // during a scan: whether the class's objects all go
   uint64_t capacity_bytes;
@@ -133,6 +134,24 @@ struct alignas(64) SlabControl {
   // slow paths without the lock (a lost count only delays a change).
   std::atomic<uint32_t> alloc_misses[kNumClasses], free_misses[kNumClasses];
 };
+
+// A class's room as its control keeps it: slots [begin, end), begin in the low half of one word,
+// so that a reader without the lock never pairs the begin of one room with the end of another.
+// It did, when they were two words: a refill read a drained class's new nursery end with its old
+// home begin, asked the transfer cache for -21076 objects, and memcpy crashed (a CI run, twice).
+struct Room {
+  uint16_t begin, end;
+  int size() const { return end - begin; }
+};
+
+Room room_in_books(const SlabControl& control, unsigned cls) {
+  uint32_t word = control.room[cls].load(std::memory_order_relaxed);
+  return Room{static_cast<uint16_t>(word), static_cast<uint16_t>(word >> 16)};
+}
+
+void set_room(SlabControl& control, unsigned cls, uint16_t begin, uint16_t end) {
+  control.room[cls].store(uint32_t{begin} | uint32_t{end} << 16, std::memory_order_relaxed);
+}
 
 constexpr uint32_t kNoSlab = ~0u;
 
@@ -216,8 +235,7 @@ void setup() {
 // and capacity); returns the room's first slot. The caller owns the slab and writes its header.
 uint16_t give_initial_room(SlabControl& control, unsigned cls) {
   uint16_t begin = kLayout.nursery[cls], end = static_cast<uint16_t>(begin + g_initial_room[cls]);
-  control.begin[cls].store(begin, std::memory_order_relaxed);
-  control.end[cls].store(end, std::memory_order_relaxed);
+  set_room(control, cls, begin, end);
   control.capacity_bytes += class_bytes(cls, end - begin);
   return begin;
 }
@@ -242,7 +260,7 @@ bool ensure_slab(uint32_t index) {
   const uint64_t expected_index = index;
   control.capacity_bytes = 0;  // an attempt that missed counted its rooms: count them afresh
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    uint16_t begin = give_initial_room(control, cls), end = control.end[cls].load(std::memory_order_relaxed);
+    uint16_t begin = give_initial_room(control, cls), end = room_in_books(control, cls).end;
     if (g_mode == CacheMode::kLocked) {
       arch::store_header(s, cls, arch::make_header(begin, begin, end));
     } else if (arch::load_header(s, cls) >> 32 == 0 &&
@@ -294,11 +312,9 @@ bool move_home(uint32_t index, unsigned cls, uint16_t begin, uint16_t end, uint1
                                  uint64_t{begin} | uint64_t{end} << 16, home, to_bounds);
 }
 
-// The class's room on slab `index` as its control last set it: a hint without the lock.
-int room_of(uint32_t index, unsigned cls) {
-  const SlabControl& control = g_control[index];
-  return control.end[cls].load(std::memory_order_relaxed) - control.begin[cls].load(std::memory_order_relaxed);
-}
+// The size of the class's room on slab `index` as its control last set it: a hint without the
+// lock, from 0 to max_room_of(cls).
+int room_of(uint32_t index, unsigned cls) { return room_in_books(g_control[index], cls).size(); }
 
 // A miss on slab `index` (a pop if `alloc`, else a push): counts it, and grows the class by a
 // batch if it has missed both ways since the last scan (its objects come and go, and the room
@@ -318,8 +334,7 @@ uint32_t record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
   if (other_misses == 0 || misses + other_misses < kBusyMisses || g_page_heap.shrinking()) return misses;
   if (room_of(index, cls) >= max_room_of(cls)) return misses;  // full grown
   if (!locked && !control.lock.try_lock()) return misses;
-  uint16_t begin = control.begin[cls].load(std::memory_order_relaxed);
-  uint16_t end = control.end[cls].load(std::memory_order_relaxed);
+  auto [begin, end] = room_in_books(control, cls);
   int grown = end - begin + batch_size(cls);
   if (grown > max_room_of(cls)) grown = max_room_of(cls);
   uint64_t bytes = class_bytes(cls, grown - (end - begin));
@@ -331,8 +346,7 @@ uint32_t record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
     if (leaves_nursery) grew = move_home(index, cls, begin, end, new_end, locked);
     else arch::store_bounds(slab(index), cls, begin, new_end);
     if (grew) {
-      control.begin[cls].store(to, std::memory_order_relaxed);
-      control.end[cls].store(new_end, std::memory_order_relaxed);
+      set_room(control, cls, to, new_end);
       control.capacity_bytes += bytes;
     }
   }
@@ -351,13 +365,12 @@ uint32_t record_miss(uint32_t index, unsigned cls, bool alloc, bool locked) {
 void shrink_room_to_floor(uint32_t index, unsigned cls, bool locked) {
   SlabControl& control = g_control[index];
   if (!locked && !control.lock.try_lock()) return;
-  uint16_t begin = control.begin[cls].load(std::memory_order_relaxed);
-  uint16_t end = control.end[cls].load(std::memory_order_relaxed);
+  auto [begin, end] = room_in_books(control, cls);
   int floor = quiet_floor_of(cls);
   if (end - begin > floor) {
     uint16_t new_end = static_cast<uint16_t>(begin + floor);
     arch::store_bounds(slab(index), cls, begin, new_end);
-    control.end[cls].store(new_end, std::memory_order_relaxed);
+    set_room(control, cls, begin, new_end);
     control.capacity_bytes -= class_bytes(cls, end - new_end);
   }
   if (!locked) control.lock.unlock();
@@ -506,7 +519,7 @@ void drain_owned_slab(uint32_t index) {
   SlabControl& control = g_control[index];
   control.capacity_bytes = 0;
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    move_out(s, cls, control.begin[cls].load(std::memory_order_relaxed));
+    move_out(s, cls, room_in_books(control, cls).begin);
     arch::store_current(s, cls, give_initial_room(control, cls));
     // It starts afresh: a class grows again only after missing both ways from here on.
     control.alloc_misses[cls].store(0, std::memory_order_relaxed);
@@ -528,12 +541,13 @@ void shrink_owned_slab(uint32_t index) {
   uint64_t* s = slab(index);
   SlabControl& control = g_control[index];
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    if (control.empty_out[cls]) move_out(s, cls, control.begin[cls].load(std::memory_order_relaxed), true);
+    const Room room = room_in_books(control, cls);
+    if (control.empty_out[cls]) move_out(s, cls, room.begin, true);
     uint16_t target = control.shrink_to[cls];
     if (target == 0) continue;
     move_out(s, cls, target);
-    control.capacity_bytes -= class_bytes(cls, control.end[cls].load(std::memory_order_relaxed) - target);
-    control.end[cls].store(target, std::memory_order_relaxed);
+    control.capacity_bytes -= class_bytes(cls, room.end - target);
+    set_room(control, cls, room.begin, target);
   }
 }
 
@@ -545,9 +559,9 @@ void set_stopped(uint32_t index, bool stopped) {
   uint64_t* s = slab(index);
   const SlabControl& control = g_control[index];
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    const Room room = room_in_books(control, cls);
     if (stopped) arch::store_bounds(s, cls, arch::kStoppedBegin, arch::kStoppedEnd);
-    else arch::store_bounds(s, cls, control.begin[cls].load(std::memory_order_relaxed),
-                            control.end[cls].load(std::memory_order_relaxed));
+    else arch::store_bounds(s, cls, room.begin, room.end);
   }
 }
 
@@ -564,7 +578,7 @@ uint64_t slab_signature(uint32_t index) {
 bool slab_holds_objects(uint32_t index) {
   const uint64_t* s = slab(index);
   for (unsigned cls = 1; cls < kNumClasses; ++cls)
-    if (arch::header_current(arch::load_header(s, cls)) != g_control[index].begin[cls].load(std::memory_order_relaxed))
+    if (arch::header_current(arch::load_header(s, cls)) != room_in_books(g_control[index], cls).begin)
       return true;
   return false;
 }
@@ -594,8 +608,8 @@ void scan_slabs_locked() {
                         control.free_misses[cls].load(std::memory_order_relaxed);
       control.alloc_misses[cls].store(0, std::memory_order_relaxed);
       control.free_misses[cls].store(0, std::memory_order_relaxed);
-      uint16_t begin = control.begin[cls].load(std::memory_order_relaxed);
-      int room = control.end[cls].load(std::memory_order_relaxed) - begin, floor = quiet_floor_of(cls);
+      auto [begin, end] = room_in_books(control, cls);
+      int room = end - begin, floor = quiet_floor_of(cls);
       bool quiet = misses < kBusyMisses;
       control.shrink_to[cls] = quiet && room > floor ? static_cast<uint16_t>(begin + floor + (room - floor) / 2) : 0;
       control.empty_out[cls] = quiet && arch::header_current(arch::load_header(slab(i), cls)) > begin;

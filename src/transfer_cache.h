@@ -48,7 +48,7 @@ class TransferCache {
   // read in from the library's file. A cache finds its class from its place in g_transfer.
   constexpr TransferCache() = default;
 
-  // Up to n (at most kMaxBatch) objects into out[]; fewer only when out of memory.
+  // Up to n (1 to kMaxBatch) objects into out[]; fewer only when out of memory.
   int remove(void** out, int n);
   // Takes n objects (at most kMaxBatch + 1); what does not fit goes to the central list. While
   // the page heap shrinks, only one batch fits, and older objects beyond it go down too.
