@@ -126,7 +126,7 @@ struct alignas(64) SlabControl {
   // up to.
   uint64_t signature;
   ScanAction scan_action;
-  std::atomic<uint32_t> room[kNumClasses];  // RoomWord: the class's slots, in the nursery or home
+  std::atomic<uint32_t> room[kNumClasses];  // a Room (below): the class's slots, in the nursery or home
   uint16_t shrink_to[kNumClasses];  // during a scan: the new end, or 0
   bool empty_out[kNumClasses];       // during a scan: whether the class's objects all go
   uint64_t capacity_bytes;
@@ -138,7 +138,8 @@ struct alignas(64) SlabControl {
 // A class's room as its control keeps it: slots [begin, end), begin in the low half of one word,
 // so that a reader without the lock never pairs the begin of one room with the end of another.
 // It did, when they were two words: a refill read a drained class's new nursery end with its old
-// home begin, asked the transfer cache for -21076 objects, and memcpy crashed (a CI run, twice).
+// home begin, asked the transfer cache for -21076 objects, and memcpy crashed (docs/design.md,
+// "The torn room").
 struct Room {
   uint16_t begin, end;
   int size() const { return end - begin; }
@@ -559,9 +560,12 @@ void set_stopped(uint32_t index, bool stopped) {
   uint64_t* s = slab(index);
   const SlabControl& control = g_control[index];
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    const Room room = room_in_books(control, cls);
-    if (stopped) arch::store_bounds(s, cls, arch::kStoppedBegin, arch::kStoppedEnd);
-    else arch::store_bounds(s, cls, room.begin, room.end);
+    if (stopped) {
+      arch::store_bounds(s, cls, arch::kStoppedBegin, arch::kStoppedEnd);
+    } else {
+      const Room room = room_in_books(control, cls);
+      arch::store_bounds(s, cls, room.begin, room.end);
+    }
   }
 }
 
