@@ -10,6 +10,8 @@
 //                               Locked mode (no rseq): the slab's control lock, always.
 //                               Capacity: a class grows (its header's end only rises) under
 //                               the control lock; it shrinks only inside a stop and fence.
+//                               The control keeps each class's room in one word, written
+//                               under the lock and read without it to size a refill.
 //                               The control's miss counts are relaxed atomics, written
 //                               without the lock. One scan (idle drain, shrink) or
 //                               malloc_trim drain at a time: the cache scan lock.
