@@ -9,7 +9,9 @@
 //                               stops the slab and fences with membarrier before touching it.
 //                               Locked mode (no rseq): the slab's control lock, always.
 //                               Capacity: a class grows (its header's end only rises) under
-//                               the control lock; it shrinks only inside a stop and fence.
+//                               the control lock; it shrinks inside a stop and fence, or by
+//                               a lower end under the lock while the heap shrinks (pushes
+//                               that read the old end may still commit below it).
 //                               The control keeps each class's room in one word, written
 //                               under the lock and read without it to size a refill.
 //                               The control's miss counts are relaxed atomics, written
