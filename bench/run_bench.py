@@ -94,7 +94,11 @@ def parse_args(argv, ncpu):
     return a
 
 
-def run_one(args, allocator, workload, threads):
+def run_one(args, allocator, workload, threads, cpu):
+    """One run of alloc_bench. A one-thread run is held to `cpu` (unless --pin): the vCPUs of a
+    shared host can differ in speed for minutes at a time (on the development machine, one ran
+    workingset at 38M ops/s and the other at 65M, for every allocator alike), so an unpinned
+    one-thread cell measured where its thread happened to land rather than the allocator."""
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     lib = (os.path.abspath(os.path.join(args.build, "libfastmalloc.so"))
@@ -108,7 +112,8 @@ def run_one(args, allocator, workload, threads):
         cmd.append("--pin")
     if args.touch != "ends":
         cmd += ["--touch", args.touch]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    hold = (lambda: os.sched_setaffinity(0, {cpu})) if threads == 1 and not args.pin else None
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, preexec_fn=hold)
     if proc.returncode != 0:
         raise RuntimeError(f"{allocator} {workload} t={threads} failed ({proc.returncode}): "
                            f"{proc.stderr.strip()[-300:]}")
@@ -135,7 +140,10 @@ def main():
     samples = {}  # (allocator, workload, threads) -> list of result dicts
     done = 0
     failures = []
+    usable_cpus = sorted(os.sched_getaffinity(0))
     for rep in range(args.reps):
+        # The same CPU for every allocator within a repetition, another in the next.
+        one_thread_cpu = usable_cpus[rep % len(usable_cpus)]
         for i, (workload, threads) in enumerate(cells):
             shift = (rep + i) % len(args.allocators)
             for allocator in args.allocators[shift:] + args.allocators[:shift]:
@@ -145,7 +153,7 @@ def main():
                 sys.stderr.flush()
                 try:
                     samples.setdefault((allocator, workload, threads), []).append(
-                        run_one(args, allocator, workload, threads))
+                        run_one(args, allocator, workload, threads, one_thread_cpu))
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     failures.append(str(e))
     sys.stderr.write("\n")
@@ -249,7 +257,9 @@ def render(args, rows, topology, command):
            f"- machine: {topology}",
            f"- command: `{command}`",
            f"- cells are medians of {args.reps} run(s); allocators interleaved round by round; scale {args.scale}; "
-           f"touch {args.touch}",
+           f"touch {args.touch}; "
+           + ("threads pinned (--pin)" if args.pin else
+              "one-thread runs held to one CPU per repetition, the same for every allocator"),
            "",
            "Throughput is operations per second (M = millions), higher is better. `/glibc` is the",
            "allocator's throughput over glibc's; `/best other` is over the best of the other allocators",
