@@ -233,12 +233,12 @@ void setup() {
 }
 
 // Gives class `cls` of a slab its initial room in the nursery, in the control's books (bounds
-// and capacity); returns the room's first slot. The caller owns the slab and writes its header.
-uint16_t give_initial_room(SlabControl& control, unsigned cls) {
-  uint16_t begin = kLayout.nursery[cls], end = static_cast<uint16_t>(begin + g_initial_room[cls]);
-  set_room(control, cls, begin, end);
-  control.capacity_bytes += class_bytes(cls, end - begin);
-  return begin;
+// and capacity), and returns it. The caller owns the slab and writes its header.
+Room give_initial_room(SlabControl& control, unsigned cls) {
+  const Room room{kLayout.nursery[cls], static_cast<uint16_t>(kLayout.nursery[cls] + g_initial_room[cls])};
+  set_room(control, cls, room.begin, room.end);
+  control.capacity_bytes += class_bytes(cls, room.size());
+  return room;
 }
 
 // Gives slab `index` its headers, each class empty in its initial room, and marks it ready.
@@ -261,7 +261,7 @@ bool ensure_slab(uint32_t index) {
   const uint64_t expected_index = index;
   control.capacity_bytes = 0;  // an attempt that missed counted its rooms: count them afresh
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
-    uint16_t begin = give_initial_room(control, cls), end = room_in_books(control, cls).end;
+    auto [begin, end] = give_initial_room(control, cls);
     if (g_mode == CacheMode::kLocked) {
       arch::store_header(s, cls, arch::make_header(begin, begin, end));
     } else if (arch::load_header(s, cls) >> 32 == 0 &&
@@ -521,7 +521,7 @@ void drain_owned_slab(uint32_t index) {
   control.capacity_bytes = 0;
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
     move_out(s, cls, room_in_books(control, cls).begin);
-    arch::store_current(s, cls, give_initial_room(control, cls));
+    arch::store_current(s, cls, give_initial_room(control, cls).begin);
     // It starts afresh: a class grows again only after missing both ways from here on.
     control.alloc_misses[cls].store(0, std::memory_order_relaxed);
     control.free_misses[cls].store(0, std::memory_order_relaxed);
