@@ -46,28 +46,29 @@ void write_text(const char* text) {
 // libgcc's unwinder is loaded already, and backtrace_symbols_fd writes without allocating.
 void report_crash(int sig, siginfo_t* info, void* context) {
   char line[1024];
-  unsigned long long ip = 0;
 #if defined(__x86_64__)
-  ip = static_cast<unsigned long long>(static_cast<ucontext_t*>(context)->uc_mcontext.gregs[REG_RIP]);
+  const greg_t* r = static_cast<ucontext_t*>(context)->uc_mcontext.gregs;
+  const unsigned long long ip = static_cast<unsigned long long>(r[REG_RIP]);
 #else
   (void)context;
+  const unsigned long long ip = 0;
 #endif
   snprintf(line, sizeof line, "\nCRASH: signal %d (SIG%s) at address %p, instruction %#llx, thread %ld, in test case \"%s\"\n",
            sig, sigabbrev_np(sig), info->si_addr, ip, static_cast<long>(syscall(SYS_gettid)), g_test_name);
   write_text(line);
 #if defined(__x86_64__)
-  const greg_t* r = static_cast<ucontext_t*>(context)->uc_mcontext.gregs;
-  snprintf(line, sizeof line,
-           "registers: rax=%llx rbx=%llx rcx=%llx rdx=%llx rsi=%llx rdi=%llx rbp=%llx rsp=%llx\n"
-           "           r8=%llx r9=%llx r10=%llx r11=%llx r12=%llx r13=%llx r14=%llx r15=%llx\n",
-           static_cast<unsigned long long>(r[REG_RAX]), static_cast<unsigned long long>(r[REG_RBX]),
-           static_cast<unsigned long long>(r[REG_RCX]), static_cast<unsigned long long>(r[REG_RDX]),
-           static_cast<unsigned long long>(r[REG_RSI]), static_cast<unsigned long long>(r[REG_RDI]),
-           static_cast<unsigned long long>(r[REG_RBP]), static_cast<unsigned long long>(r[REG_RSP]),
-           static_cast<unsigned long long>(r[REG_R8]), static_cast<unsigned long long>(r[REG_R9]),
-           static_cast<unsigned long long>(r[REG_R10]), static_cast<unsigned long long>(r[REG_R11]),
-           static_cast<unsigned long long>(r[REG_R12]), static_cast<unsigned long long>(r[REG_R13]),
-           static_cast<unsigned long long>(r[REG_R14]), static_cast<unsigned long long>(r[REG_R15]));
+  static constexpr struct {
+    const char* name;
+    int index;
+  } kRegisters[] = {{"rax", REG_RAX}, {"rbx", REG_RBX}, {"rcx", REG_RCX}, {"rdx", REG_RDX}, {"rsi", REG_RSI},
+                    {"rdi", REG_RDI}, {"rbp", REG_RBP}, {"rsp", REG_RSP}, {"r8", REG_R8},   {"r9", REG_R9},
+                    {"r10", REG_R10}, {"r11", REG_R11}, {"r12", REG_R12}, {"r13", REG_R13}, {"r14", REG_R14},
+                    {"r15", REG_R15}};
+  size_t used = 0;
+  for (const auto& reg : kRegisters)
+    used += static_cast<size_t>(snprintf(line + used, sizeof line - used, "%s%s=%llx", used == 0 ? "registers: " : " ",
+                                         reg.name, static_cast<unsigned long long>(r[reg.index])));
+  snprintf(line + used, sizeof line - used, "\n");
   write_text(line);
 #endif
   void* frames[64];
