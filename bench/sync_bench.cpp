@@ -105,10 +105,11 @@ struct Plain {
 // to this loop, none of which touches memory: nops. If a read side costs what these cost, its
 // price is the room its instructions take in the out-of-order window while the load misses,
 // not the synchronization it does. kPadding is the difference between the loop bodies of
-// read_ns<Prw> and read_ns<Plain> in the disassembly (objdump -d of this program: 29 against 13
-// instructions around the array load since the read side lost its null test and its load of
-// the lock's slot, 32 before); recount it when the read side changes.
-constexpr int kPadding = 16;
+// read_ns<Prw> and read_ns<Plain> in the disassembly (objdump -d of this program: 25 against 13
+// instructions around the array load since the read side loads the lock's word once, 29 before
+// that and 32 before it lost its null test and its load of the lock's slot); recount it when the
+// read side changes.
+constexpr int kPadding = 12;
 struct Padded {
   static int lock() {
     asm volatile(".rept %c0\n\tnop\n\t.endr" : : "i"(kPadding / 2) : "memory");

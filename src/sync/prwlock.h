@@ -3,16 +3,19 @@
 // every call reads and almost nothing changes.
 //
 // The lock is a version number: even while no writer is inside, odd while one is. A reader
-// publishes, with one plain store into its own thread record, the version it has seen and that
-// it is inside; then it checks that no writer is there (the word is unchanged). No atomic
-// read-modify-write, no fence (on x86-TSO; see thread_registry.h for kernels without
-// membarrier). A writer takes the writer mutex, makes the version odd, runs writer_fence()
-// (membarrier: the user-space stand-in for the paper's IPI, which forces every reader's
-// publishing store out, so a reader the writer misses is one that will see the odd version),
-// then waits until every reader has seen the new version or is outside its section. Readers
-// that are not reading at all cost the writer nothing, so its latency is bounded by the longest
-// read section in progress, not by readers coming back. A reader that blocks inside its section
-// (a page fault, preemption) only delays the writer.
+// marks itself inside with one plain store into its own thread record (its word there plus one:
+// depth 1, with the version it published last), then loads the version: even, it is in; odd, a
+// writer is there and it steps out again. On the way out it publishes, with one more plain
+// store, the version it has seen and a depth of 0. No atomic read-modify-write, no fence (on
+// x86-TSO; see thread_registry.h for kernels without membarrier), and one load of the lock's
+// word: the load comes after the store, so it needs no second look. A writer takes the writer
+// mutex, makes the version odd, runs writer_fence() (membarrier: the user-space stand-in for
+// the paper's IPI, which forces every reader's marking store out, so a reader the writer misses
+// is one whose load comes after the fence and sees the odd version), then waits until every
+// reader is outside its section. Readers that are not reading at all cost the writer nothing,
+// so its latency is bounded by the longest read section in progress, not by readers coming
+// back. A reader that blocks inside its section (a page fault, preemption) only delays the
+// writer.
 //
 // A reader that finds a writer inside steps out (publishes that it is outside) and waits for
 // the writer to finish. Readers nest (the record keeps a depth), so a signal handler may read
@@ -61,18 +64,19 @@ class PrwlockCore {
  protected:
   explicit constexpr PrwlockCore(unsigned slot) : slot_(slot) {}
 
-  // What try_read_lock() left: registers the thread, nests, or publishes the current version
-  // (with the thread's fence flag), fencing if the flag says so, and waits out any writer.
+  // What try_read_lock() left: registers the thread, nests, or enters as the fast path does
+  // (keeping the thread's fence flag), fencing if the flag says so, and waits out any writer.
   FM_NOINLINE ReadSection read_lock_slow();
-  void enter_outermost(std::atomic<uint64_t>& status);
+  // Returns the word to store on the way out: the version seen, the fence flag, depth 0.
+  uint64_t enter_outermost(std::atomic<uint64_t>& status);
 
   // The version kept where a status word holds it (shifted up by kPrwNestBits), so that the
-  // read side stores what it loaded, with its depth of 1 added, and shifts nothing. Its lowest
+  // read side's way out stores what it loaded and shifts nothing. Its lowest
   // bit, kWriterInside, makes it odd while a writer is inside; kVersionStep advances it.
   static constexpr uint64_t kVersionStep = uint64_t{1} << kPrwNestBits, kWriterInside = kVersionStep;
   // Zero at start, like everything else in the lock, so a lock inside a large object (the span
   // map) leaves that object in .bss. It starts a cache line, which holds nothing else but the
-  // writer side (written only with the version): every free reads it twice, and the span map's
+  // writer side (written only with the version): every free reads it, and the span map's
   // mutex, taken for each large block, used to share its line.
   alignas(kCacheLineBytes) std::atomic<uint64_t> version_word_{0};
   Mutex writer_;
@@ -95,18 +99,19 @@ class Prwlock : public PrwlockCore {
   // it needs no stack frame.
   FM_ALWAYS_INLINE ReadSection try_read_lock() {
     std::atomic<uint64_t>& status = detail::t_record->prw[kSlot];
+    uint64_t word = status.load(std::memory_order_relaxed);
     // Nested, or this thread must fence or is not registered (kFenceFlag): all need
     // read_lock().
-    if (FM_UNLIKELY((status.load(std::memory_order_relaxed) & kNestMask) != 0)) return {nullptr, 0};
-    // Acquire: pairs with write_unlock, so the last writer's changes are seen.
-    uint64_t outside = version_word_.load(std::memory_order_acquire);
-    status.store(outside | 1, std::memory_order_relaxed);
+    if (FM_UNLIKELY((word & kNestMask) != 0)) return {nullptr, 0};
+    status.store(word + 1, std::memory_order_relaxed);
     std::atomic_signal_fence(std::memory_order_seq_cst);  // writers fence for us (membarrier)
-    if (FM_UNLIKELY((outside & kWriterInside) != 0 || version_word_.load(std::memory_order_relaxed) != outside)) {
-      status.store(outside, std::memory_order_release);  // out again: nothing was read
+    // Acquire: pairs with write_unlock, so the last writer's changes are seen.
+    uint64_t version = version_word_.load(std::memory_order_acquire);
+    if (FM_UNLIKELY((version & kWriterInside) != 0)) {
+      status.store(word, std::memory_order_release);  // out again: nothing was read
       return {nullptr, 0};
     }
-    return {&status, outside};
+    return {&status, version};
   }
 
   FM_ALWAYS_INLINE ReadSection read_lock() {

@@ -36,7 +36,8 @@ struct alignas(64) ThreadRecord {
   // read sides must fence | nesting depth (below kFenceFlag); a depth of 0 is outside (the
   // epoch bits are then stale).
   std::atomic<uint64_t> rcu;
-  // Per prwlock slot: (lock version seen << kPrwNestBits) | kFenceFlag | nesting depth.
+  // Per prwlock slot: (lock version its last outermost section saw << kPrwNestBits) | kFenceFlag
+  // | nesting depth.
   std::atomic<uint64_t> prw[kMaxPrwlocks];
   // The registry's, under its mutex: the next record on the free list, or on the late list.
   ThreadRecord* next;
