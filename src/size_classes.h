@@ -126,12 +126,16 @@ static_assert(coarse_lookup_index(kMaxFineLookupSize + 1) == kFineLookupEntries)
 inline constexpr size_t kLookupEntries = coarse_lookup_index(kMaxLookupSize) + 1;
 
 // What free's check (is_object_boundary) reads, as two arrays indexed by class: the check
-// addresses both from one base, with the class as a scaled index, and compares and multiplies
-// with them in place. used_bytes is SizeClass::used_bytes(); div_magic is ceil(2^64 / size): n
-// is a multiple of size iff n * div_magic < div_magic (Lemire's divisibility test).
+// addresses both from one base, with the class as a scaled index, and multiplies and compares
+// with them in place. div_magic is floor(2^64 / size) + 1, so div_magic * size = 2^64 + err with
+// err from 1 to size. For an offset n = q * size + r below 2^32, n * div_magic (mod 2^64) is
+// q * err + r * div_magic: at least div_magic (about 2^64 / size, far above any q * err) when r is
+// not 0, and q * err when it is (Lemire's divisibility test, with err kept above 0 so that it
+// also counts q). So n starts one of a span's objects (r = 0, q below `objects`) exactly when the
+// product is at most last_residue = (objects - 1) * err: one multiply and one compare.
 struct BoundaryTable {
-  uint64_t used_bytes[kNumClasses];
   uint64_t div_magic[kNumClasses];
+  uint64_t last_residue[kNumClasses];
 };
 
 struct Table {
@@ -147,8 +151,9 @@ constexpr Table make_table() {
     uint32_t pages = pages_for(size);
     uint32_t objects = static_cast<uint32_t>(pages * kPageSize / size);
     t.classes[cls] = SizeClass{static_cast<uint32_t>(size), pages, objects};
-    t.boundary.used_bytes[cls] = t.classes[cls].used_bytes();
-    t.boundary.div_magic[cls] = ~uint64_t{0} / size + 1;
+    uint64_t magic = (uint64_t{0} - size) / size + 2;  // (2^64 - size) / size is floor(2^64 / size) - 1
+    t.boundary.div_magic[cls] = magic;
+    t.boundary.last_residue[cls] = (objects - 1) * (magic * size);  // magic * size wraps to err
   }
   for (size_t size = 0; size <= kMaxFineLookupSize; size += 8) t.lookup[fine_lookup_index(size)] = static_cast<uint8_t>(class_of_size_computed(size));
   for (size_t size = kMaxFineLookupSize + kCoarseLookupStep; size <= kMaxLookupSize; size += kCoarseLookupStep)
@@ -215,10 +220,10 @@ FM_ALWAYS_INLINE unsigned size_to_class(size_t size) {
 }
 
 // True when `offset` (below 2^32) is a whole number of objects of class `cls` and lies where an
-// object can start in the class's spans.
+// object can start in the class's spans. BoundaryTable says how.
 FM_ALWAYS_INLINE bool is_object_boundary(unsigned cls, uint64_t offset) {
   const size_class_detail::BoundaryTable& table = size_class_detail::kTable.boundary;
-  return offset < table.used_bytes[cls] && offset * table.div_magic[cls] < table.div_magic[cls];
+  return offset * table.div_magic[cls] <= table.last_residue[cls];
 }
 
 // One T per size class, each constructed at compile time from its class index (entry 0 is

@@ -53,13 +53,24 @@ TEST_CASE("spans hold their objects with at most 1/8 left over") {
 }
 
 TEST_CASE("object boundaries are recognized exactly") {
+  // Every offset of two spans' worth (the second: what a page index past the span would give),
+  // and then a sparse walk up to 2^32 through the multiples of the class's size and their
+  // neighbours, where a wrong residue bound would accept too many objects.
   for (unsigned cls = 1; cls < kNumClasses; ++cls) {
     const SizeClass& sc = size_class(cls);
-    uint64_t span_bytes = uint64_t{sc.pages} * kPageSize;
-    for (uint64_t offset = 0; offset < span_bytes; offset += (sc.size < 64 ? 1 : 7)) {
-      INFO("class " << cls << " offset " << offset);
-      REQUIRE(is_object_boundary(cls, offset) == (offset % sc.size == 0 && offset < sc.objects * sc.size));
+    uint64_t span_bytes = uint64_t{sc.pages} * kPageSize, wrong = 0, first_wrong = 0;
+    auto check = [&](uint64_t offset) {
+      bool expected = offset % sc.size == 0 && offset < sc.used_bytes();
+      if (is_object_boundary(cls, offset) != expected && wrong++ == 0) first_wrong = offset;
+    };
+    for (uint64_t offset = 0; offset < 2 * span_bytes; ++offset) check(offset);
+    for (uint64_t multiple = 2 * span_bytes / sc.size * sc.size; multiple < (uint64_t{1} << 32); multiple += 4099 * uint64_t{sc.size}) {
+      check(multiple - 1);
+      check(multiple);
+      check(multiple + 1);
     }
+    INFO("class " << cls << " size " << sc.size << ": first wrong offset " << first_wrong);
+    REQUIRE(wrong == 0);
   }
 }
 
