@@ -92,9 +92,13 @@ FM_ALWAYS_INLINE Span* span_of(const void* p, const char* call) {
   Span* span = lookup_span_in_rcu(addr);
   bool valid = false;
   if (FM_LIKELY(span != nullptr)) {
-    if (span->state == SpanState::kSmall)
-      valid = span->contains(addr) && is_object_boundary(span->size_class, addr - span->start);
-    else
+    if (span->state == SpanState::kSmall) {
+      // Bounded by the class's objects before the check, which is exact only below 2^32: the
+      // descriptor may be read in a newer state, a free span of any length.
+      unsigned cls = span->size_class;
+      uintptr_t offset = addr - span->start;
+      valid = span->contains(addr) && offset < size_class(cls).used_bytes() && is_object_boundary(cls, offset);
+    } else
       valid = span->state == SpanState::kLarge && span->start == addr;
   }
   sync::rcu_read_unlock();
