@@ -36,8 +36,9 @@
 namespace fastmalloc::sync {
 
 // What read_lock() hands to read_unlock(): the reader's status word for the lock, and what to
-// store there on the way out: the word this section stored, less its one level of depth
-// (sections nest and unwind in order, so by then the word is back to what this one stored).
+// store there on the way out. For a nested section, the word as the section found it (sections
+// nest and unwind in order, so by then the word is back to what this one stored); for the
+// outermost, the version it saw, with its fence flag and a depth of 0.
 struct PrwlockReadSection {
   std::atomic<uint64_t>* status;  // nullptr: try_read_lock() did not enter
   uint64_t exit_word;
@@ -71,8 +72,8 @@ class PrwlockCore {
   uint64_t enter_outermost(std::atomic<uint64_t>& status);
 
   // The version kept where a status word holds it (shifted up by kPrwNestBits), so that the
-  // read side's way out stores what it loaded and shifts nothing. Its lowest
-  // bit, kWriterInside, makes it odd while a writer is inside; kVersionStep advances it.
+  // read side's way out stores what it loaded and shifts nothing. Its lowest bit,
+  // kWriterInside, makes it odd while a writer is inside; kVersionStep advances it.
   static constexpr uint64_t kVersionStep = uint64_t{1} << kPrwNestBits, kWriterInside = kVersionStep;
   // Zero at start, like everything else in the lock, so a lock inside a large object (the span
   // map) leaves that object in .bss. It starts a cache line, which holds nothing else but the
