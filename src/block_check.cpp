@@ -46,8 +46,7 @@ bool decode_link(const void* block, uintptr_t span_start, unsigned cls, void** n
     return true;
   }
   --offset;
-  // The word may hold anything: bound it before the check, which is exact below 2^32.
-  if (offset >= size_class(cls).used_bytes() || !is_object_boundary(cls, offset)) return false;
+  if (!is_object_boundary_any(cls, offset)) return false;  // the word may hold anything
   *next = reinterpret_cast<void*>(span_start + offset);
   return true;
 }

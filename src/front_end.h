@@ -92,13 +92,10 @@ FM_ALWAYS_INLINE Span* span_of(const void* p, const char* call) {
   Span* span = lookup_span_in_rcu(addr);
   bool valid = false;
   if (FM_LIKELY(span != nullptr)) {
-    if (span->state == SpanState::kSmall) {
-      // Bounded by the class's objects before the check, which is exact only below 2^32: the
-      // descriptor may be read in a newer state, a free span of any length.
-      unsigned cls = span->size_class;
-      uintptr_t offset = addr - span->start;
-      valid = span->contains(addr) && offset < size_class(cls).used_bytes() && is_object_boundary(cls, offset);
-    } else
+    if (span->state == SpanState::kSmall)
+      // The descriptor may be read in a newer state, a free span of any length.
+      valid = span->contains(addr) && is_object_boundary_any(span->size_class, addr - span->start);
+    else
       valid = span->state == SpanState::kLarge && span->start == addr;
   }
   sync::rcu_read_unlock();

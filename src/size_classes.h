@@ -226,6 +226,12 @@ FM_ALWAYS_INLINE bool is_object_boundary(unsigned cls, uint64_t offset) {
   return offset * table.div_magic[cls] <= table.last_residue[cls];
 }
 
+// The same for an offset that may be anything (read from memory the program may have written,
+// or from a descriptor read in a newer state): bounded first.
+FM_ALWAYS_INLINE bool is_object_boundary_any(unsigned cls, uint64_t offset) {
+  return offset < size_class(cls).used_bytes() && is_object_boundary(cls, offset);
+}
+
 // One T per size class, each constructed at compile time from its class index (entry 0 is
 // unused). For per-class structures that hold a lock and so can be neither copied nor filled
 // in by a loop: every entry is built in place.

@@ -74,6 +74,38 @@ TEST_CASE("object boundaries are recognized exactly") {
   }
 }
 
+// The inverse of an odd x modulo 2^64 (Newton's iteration: each step doubles the correct bits).
+static uint64_t inverse_mod_2_64(uint64_t x) {
+  uint64_t y = x;  // right to 3 bits for any odd x
+  for (int i = 0; i < 5; ++i) y *= 2 - x * y;
+  return y;
+}
+
+TEST_CASE("offsets of any size are bounded before the boundary check") {
+  // Above 2^32 the one-compare check accepts offsets it should not: for an odd div_magic, the
+  // offset t * div_magic^-1 (mod 2^64) gives the product t, at most last_residue, for every t.
+  // A corrupted link or a descriptor read in a newer state can hold such an offset.
+  unsigned covered = 0;
+  for (unsigned cls = 1; cls < kNumClasses; ++cls) {
+    const SizeClass& sc = size_class(cls);
+    INFO("class " << cls << " size " << sc.size);
+    REQUIRE(is_object_boundary_any(cls, 0));
+    REQUIRE_FALSE(is_object_boundary_any(cls, sc.used_bytes()));
+    uint64_t magic = size_class_detail::kTable.boundary.div_magic[cls];
+    // Product 1 must pass the check (a residue bound of at least 1) without being an object's
+    // (err, the residue of the first multiple, above 1).
+    uint64_t err = magic * sc.size;
+    if (magic % 2 == 0 || size_class_detail::kTable.boundary.last_residue[cls] == 0 || err == 1) continue;
+    ++covered;
+    uint64_t wild = inverse_mod_2_64(magic);  // the product is 1
+    REQUIRE(wild * magic == 1);
+    REQUIRE(wild >= (uint64_t{1} << 32));
+    REQUIRE(is_object_boundary(cls, wild));  // what the bound is there for
+    REQUIRE_FALSE(is_object_boundary_any(cls, wild));
+  }
+  REQUIRE(covered > 10);
+}
+
 TEST_CASE("between 4 and 8 KiB the classes are 512 bytes apart, so a page plus a header wastes little") {
   for (size_t size = 4097; size <= 8192; ++size) {
     size_t waste = size_class(size_to_class(size)).size - size;
