@@ -228,6 +228,8 @@ def render_sync(kv, scale):
                "costs, whatever it synchronizes.\n")
     out.append("Writers, 16 reader threads running (µs): "
                f"prwlock write_lock+unlock p50 {kv['prwlock_write_us_p50']}, p99 {kv['prwlock_write_us_p99']}; "
+               f"with synchronize() between (the span map's writer) p50 {kv['prwlock_unlink_us_p50']}, "
+               f"p99 {kv['prwlock_unlink_us_p99']}; "
                f"synchronize_rcu p50 {kv['synchronize_rcu_us_p50']}, p99 {kv['synchronize_rcu_us_p99']}.\n")
     out.append("The design notes' table (2 threads, 75% get / 25% put on a 2^20-entry array), ns per operation:\n")
     out.append("| unsynchronized | compiler fence in put | mfence in put | mfence in put and get |")

@@ -215,6 +215,7 @@ void usage(FILE* out) {
           "  {padded,rcu,prwlock}_over_plain[_l1]_t{1,2,16}   the median over the 5 runs of each run's\n"
           "      section time over the plain loop's time in the same run\n"
           "  prwlock_write_us_p50/p99, synchronize_rcu_us_p50/p99   writer latency, 16 readers running\n"
+          "  prwlock_unlink_us_p50/p99   the same for write_lock, synchronize, write_unlock\n"
           "  table_{plain,compiler_fence_put,mfence_put,mfence_put_get}_ns   2 threads, 75%% get / 25%% put\n");
 }
 
@@ -282,6 +283,12 @@ int main(int argc, char** argv) {
   printf("readers_fence=%d\n", fs::g_readers_fence ? 1 : 0);
   writer_latency<Prw>("prwlock_write", 16, [] {
     g_prwlock.write_lock();
+    g_prwlock.write_unlock();
+  });
+  // What a writer that frees what it unlinked pays (the span map's, releasing leaves).
+  writer_latency<Prw>("prwlock_unlink", 16, [] {
+    g_prwlock.write_lock();
+    g_prwlock.synchronize(fs::PrwlockCore::kWaitForever);
     g_prwlock.write_unlock();
   });
   writer_latency<Rcu>("synchronize_rcu", 16, [] { fs::synchronize_rcu(); });

@@ -43,8 +43,9 @@
 //                               allocate(), without lock()
 //   span map leaves             prwlock (SpanMap::structure_lock()): free(), realloc() and
 //                               span_of() look up under its read side; releasing an empty
-//                               leaf is its writer
-//                               (SpanMap::lock() held, signals blocked). Leaves are added
+//                               leaf is its writer (SpanMap::lock() held, signals blocked):
+//                               it unlinks, synchronize()s, then unmaps, and gives up if
+//                               readers hold it up (prwlock.h). Leaves are added
 //                               without it: zeroed, then published with a release store.
 //                               The home leaf is never released; its index is written once,
 //                               under SpanMap::lock(), before any of its entries.

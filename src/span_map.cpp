@@ -66,14 +66,21 @@ size_t SpanMap::release_unused_leaves() {
       indexes[n++] = index;
     }
     if (n == 0) break;
+    bool unlinked;
     {
-      // No reader may hold these leaves once the write side is ours; a signal handler that
-      // frees on this thread would wait for us forever, so signals wait instead.
+      // A signal handler that frees on this thread would wait for us for ever, so signals wait
+      // instead.
       os::SignalBlock block_signals;
-      structure_lock_.write_lock();
+      // We hold the page heap's lock and lock(), and a handler on a reader's thread may wait for
+      // them in the middle of a section (sync/prwlock.h): past kWriterPatienceMs the leaves stay.
+      if (!structure_lock_.try_write_lock(kWriterPatienceMs)) break;
       for (size_t i = 0; i < n; ++i) root_[indexes[i]].store(nullptr, std::memory_order_relaxed);
+      unlinked = structure_lock_.synchronize(kWriterPatienceMs);
+      if (!unlinked)
+        for (size_t i = 0; i < n; ++i) root_[indexes[i]].store(unused[i], std::memory_order_relaxed);
       structure_lock_.write_unlock();
     }
+    if (!unlinked) break;
     for (size_t i = 0; i < n; ++i) os::unmap(unused[i], sizeof(Leaf));
     leaves_.fetch_sub(n, std::memory_order_relaxed);
     released += n * sizeof(Leaf);

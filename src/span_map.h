@@ -116,6 +116,9 @@ class SpanMap {
   // Unmaps every leaf that holds no entry; returns the bytes given back. Takes lock() and the
   // write side of structure_lock(); the caller must hold no lock below lock() (it is called
   // with the page heap's lock held, which keeps the page heap from filling a leaf meanwhile).
+  // Readers that hold the write side up for kWriterPatienceMs (a signal handler may be waiting
+  // for one of those locks in the middle of a section) make it keep the rest for another time.
+  static constexpr uint64_t kWriterPatienceMs = 500;
   size_t release_unused_leaves();
   size_t leaf_bytes() const { return leaves_.load(std::memory_order_relaxed) * sizeof(Leaf); }
   // For tests: the pins and counted entries of the leaf holding addr.

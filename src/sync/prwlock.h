@@ -22,6 +22,20 @@
 // in the middle of a read section; a writer must not read-lock the same lock, and should block
 // signals whose handlers would.
 //
+// Readers under a writer. A nested section enters at once, on the strength of the section it
+// nests in. But a signal can land in an outermost section between its store and its load, and
+// if a writer's fence came before that store, the writer found the thread outside and is
+// writing: the handler's nested section then reads under it, seeing each word the writer
+// stores either before or after that store. It cannot tell that writer from one that found the
+// store and waits for the section, so it cannot wait either. What the writer unlinked may
+// therefore still be held after its last store: a writer that frees it calls synchronize()
+// first, which waits, as a grace period does, until every section that began before is over
+// (such a handler returns, and the section it interrupted loads the version and steps out).
+//
+// Waiting on readers can deadlock where a writer holds a lock that a reader's thread may wait
+// for: a signal handler can interrupt a section and then take that lock. Such a writer uses the
+// `patience_ms` forms, which give up instead of waiting for ever.
+//
 // Each live lock owns a slot (0 to kMaxPrwlocks - 1) in every thread record, fixed at compile
 // time (Prwlock<kSlot>); the allocator's span map uses slot 0.
 #pragma once
@@ -53,7 +67,16 @@ class PrwlockCore {
   PrwlockCore(const PrwlockCore&) = delete;
   PrwlockCore& operator=(const PrwlockCore&) = delete;
 
-  void write_lock();
+  static constexpr uint64_t kWaitForever = ~uint64_t{0};
+
+  void write_lock() { try_write_lock(kWaitForever); }
+  // write_lock(), or false, with the lock left as it was, once the readers inside have held it
+  // up for `patience_ms` (on a clock of tick resolution).
+  bool try_write_lock(uint64_t patience_ms);
+  // With the write side held, after unlinking what the writer will free: waits until no reader
+  // can still hold it (see "readers under a writer" above). False once readers have held it up
+  // for `patience_ms`; the writer is still inside and undoes its unlinking before it leaves.
+  bool synchronize(uint64_t patience_ms);
   void write_unlock();
 
   // For tests: whether the calling thread's read sides fence (see kFenceFlag).
@@ -70,6 +93,9 @@ class PrwlockCore {
   FM_NOINLINE ReadSection read_lock_slow();
   // Returns the word to store on the way out: the version seen, the fence flag, depth 0.
   uint64_t enter_outermost(std::atomic<uint64_t>& status);
+  // The writer's wait: until every record is outside its section, or false once `patience_ms`
+  // have passed.
+  bool wait_until_readers_outside(uint64_t patience_ms);
 
   // The version kept where a status word holds it (shifted up by kPrwNestBits), so that the
   // read side's way out stores what it loaded and shifts nothing. Its lowest bit,

@@ -1,6 +1,7 @@
 // The passive reader-writer lock (src/sync/prwlock.*): writers exclude readers and each other,
-// readers run together, idle or exited readers do not hold a writer up, and readers nest (a
-// signal handler may read inside a section). The stress test poisons what the writer replaces.
+// readers run together, idle or exited readers do not hold a writer up, readers nest (a signal
+// handler may read inside a section), a writer can give up waiting, and synchronize() waits out
+// the one reader a writer cannot exclude. The stress test poisons what the writer replaces.
 #include <catch2/catch.hpp>
 
 #include <atomic>
@@ -187,6 +188,61 @@ TEST_CASE("a signal handler that reads inside a read section leaves the section 
   REQUIRE(writer_in.load());
   REQUIRE(g_handler_reads.load() == 1);
   signal(SIGUSR1, SIG_DFL);
+}
+
+TEST_CASE("try_write_lock gives up on a reader that stays inside, and leaves the lock as it was", "[sync]") {
+  std::atomic<bool> inside{false}, release{false};
+  std::thread reader([&] {
+    PrwlockReadSection section = g_lock.read_lock();
+    inside.store(true);
+    while (!release.load()) std::this_thread::sleep_for(1ms);
+    g_lock.read_unlock(section);
+  });
+  while (!inside.load()) std::this_thread::sleep_for(1ms);
+  REQUIRE_FALSE(g_lock.try_write_lock(20));
+  // The version is even again: a new reader enters at once instead of waiting for a writer.
+  require_finishes("read_lock after try_write_lock gave up", 10, [] {
+    PrwlockReadSection section = g_lock.read_lock();
+    g_lock.read_unlock(section);
+  });
+  release.store(true);
+  reader.join();
+  REQUIRE(g_lock.try_write_lock(20));
+  g_lock.write_unlock();
+}
+
+TEST_CASE("a section nested in one still entering reads under a writer, and synchronize waits for it", "[sync]") {
+  // What a signal handler finds when it lands in an outermost section between the store of its
+  // depth and its load of the version, a writer's fence having come before the store: the
+  // reader makes that store itself, as try_read_lock does, once the writer is inside, and then
+  // reads in a nested section, as the handler would.
+  std::atomic<int> stage{0};
+  std::atomic<bool> writer_done{false};
+  bool nested_entered = false, writer_waited = false;
+  g_lock.write_lock();
+  std::thread reader([&] {
+    std::atomic<uint64_t>& status = current_record()->prw[1];
+    const uint64_t outside = status.load();
+    status.store(outside + 1);
+    PrwlockReadSection nested = g_lock.read_lock();
+    nested_entered = nested.status != nullptr;
+    stage.store(1);
+    while (stage.load() != 2) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(50ms);
+    writer_waited = !writer_done.load();
+    g_lock.read_unlock(nested);
+    status.store(outside);  // the outermost section loads the version, finds the writer, steps out
+  });
+  while (stage.load() != 1) std::this_thread::sleep_for(1ms);
+  // Here the writer would unlink what the nested section may hold, and must not free it yet.
+  REQUIRE_FALSE(g_lock.synchronize(20));
+  stage.store(2);
+  REQUIRE(g_lock.synchronize(PrwlockCore::kWaitForever));
+  writer_done.store(true);
+  g_lock.write_unlock();
+  reader.join();
+  REQUIRE(nested_entered);
+  REQUIRE(writer_waited);
 }
 
 TEST_CASE("prwlock stress: readers never see what a writer replaced", "[sync][stress]") {

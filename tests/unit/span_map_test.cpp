@@ -142,6 +142,41 @@ TEST_CASE("the first leaf the map creates is kept for good, and answers only for
   REQUIRE(map.leaf_bytes() == 2 * SpanMap::leaf_bytes_per_leaf());
 }
 
+TEST_CASE("a reader that stays inside makes the map keep its empty leaves, whole, for later") {
+  // A signal handler that waits for a lock the releasing thread holds, in the middle of a read
+  // section, would otherwise hold it up for ever; a reader held up this long stands in for it.
+  static SpanMap map;
+  Span home{}, other{};
+  const uintptr_t leaf_span = kPageSize << SpanMap::kLeafBits;
+  const uintptr_t in_home = 0x7d00'0000'0000, elsewhere = in_home + 2 * leaf_span;
+  REQUIRE(map.ensure(in_home, kPageSize));
+  map.set(in_home, &home);
+  REQUIRE(map.ensure(elsewhere, kPageSize));
+  map.set(elsewhere, &other);
+  map.set(elsewhere, nullptr);
+  std::atomic<bool> inside{false}, release{false};
+  std::thread reader([&] {
+    sync::PrwlockReadSection section = map.structure_lock().read_lock();
+    inside.store(true);
+    while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    map.structure_lock().read_unlock(section);
+  });
+  while (!inside.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  auto start = std::chrono::steady_clock::now();
+  REQUIRE(map.release_unused_leaves() == 0);
+  const double waited_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  REQUIRE(waited_ms >= SpanMap::kWriterPatienceMs - 10);  // the coarse clock's tick
+  REQUIRE(map.leaf_bytes() == 2 * SpanMap::leaf_bytes_per_leaf());
+  map.set(elsewhere, &other);  // the leaf is still mapped and linked
+  REQUIRE(map.lookup(elsewhere) == &other);
+  map.set(elsewhere, nullptr);
+  release.store(true);
+  reader.join();
+  REQUIRE(map.release_unused_leaves() == SpanMap::leaf_bytes_per_leaf());
+  REQUIRE(map.lookup(elsewhere) == nullptr);
+  REQUIRE(map.lookup(in_home) == &home);
+}
+
 TEST_CASE("a reserved spare leaf lets ensure_locked succeed") {
   static SpanMap map;
   LockGuard guard(map.lock());
