@@ -31,6 +31,30 @@ static void spin_for_us(int us) {
 // Slot 0 is the allocator's; each test lock takes its own.
 static Prwlock<1> g_lock;
 
+// A thread inside a read section of g_lock from construction until leave().
+class ReaderInside {
+ public:
+  ReaderInside() {
+    while (!inside_.load()) std::this_thread::sleep_for(1ms);
+  }
+  ~ReaderInside() {
+    if (thread_.joinable()) leave();
+  }
+  void leave() {
+    leave_.store(true);
+    thread_.join();
+  }
+
+ private:
+  std::atomic<bool> inside_{false}, leave_{false};
+  std::thread thread_{[this] {
+    PrwlockReadSection section = g_lock.read_lock();
+    inside_.store(true);
+    while (!leave_.load()) std::this_thread::sleep_for(1ms);
+    g_lock.read_unlock(section);
+  }};
+};
+
 TEST_CASE("a writer waits for the reader inside, then shuts new readers out", "[sync]") {
   std::atomic<int> stage{0};
   std::atomic<bool> writer_in{false}, reader_in{false};
@@ -191,22 +215,14 @@ TEST_CASE("a signal handler that reads inside a read section leaves the section 
 }
 
 TEST_CASE("try_write_lock gives up on a reader that stays inside, and leaves the lock as it was", "[sync]") {
-  std::atomic<bool> inside{false}, release{false};
-  std::thread reader([&] {
-    PrwlockReadSection section = g_lock.read_lock();
-    inside.store(true);
-    while (!release.load()) std::this_thread::sleep_for(1ms);
-    g_lock.read_unlock(section);
-  });
-  while (!inside.load()) std::this_thread::sleep_for(1ms);
+  ReaderInside reader;
   REQUIRE_FALSE(g_lock.try_write_lock(20));
   // The version is even again: a new reader enters at once instead of waiting for a writer.
   require_finishes("read_lock after try_write_lock gave up", 10, [] {
     PrwlockReadSection section = g_lock.read_lock();
     g_lock.read_unlock(section);
   });
-  release.store(true);
-  reader.join();
+  reader.leave();
   REQUIRE(g_lock.try_write_lock(20));
   g_lock.write_unlock();
 }
@@ -290,14 +306,7 @@ TEST_CASE("prwlock stress: readers never see what a writer replaced", "[sync][st
 }
 
 TEST_CASE("a fork child can take the write side after readers were inside in the parent", "[sync]") {
-  std::atomic<bool> inside{false}, release{false};
-  std::thread reader([&] {
-    PrwlockReadSection section = g_lock.read_lock();
-    inside.store(true);
-    while (!release.load()) std::this_thread::sleep_for(1ms);
-    g_lock.read_unlock(section);
-  });
-  while (!inside.load()) std::this_thread::sleep_for(1ms);
+  ReaderInside reader;
   registry_fork_prepare();
   g_lock.writer_mutex().lock();
   pid_t pid = fork();
@@ -313,8 +322,7 @@ TEST_CASE("a fork child can take the write side after readers were inside in the
   }
   g_lock.writer_mutex().unlock();
   registry_fork_parent();
-  release.store(true);
-  reader.join();
+  reader.leave();
   REQUIRE(pid > 0);
   int status = 0;
   REQUIRE(waitpid(pid, &status, 0) == pid);
