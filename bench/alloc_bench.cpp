@@ -197,15 +197,19 @@ Result held_set(const Options& o) {
   return r;
 }
 
-Result batch(const Options& o) {
+// Batches of 1000 blocks, allocated and then freed: of 16-512 bytes at random, or all of
+// `fixed` bytes. With one size, each thread cycles a thousand blocks of one class, and where two
+// CPUs' blocks sit side by side in memory (their caches filled from one span), each CPU's
+// prefetches pull in lines the other is writing (bench/RESULTS.md).
+Result batch(const Options& o, size_t fixed) {
   constexpr size_t kBatch = 1000;
   uint64_t total = static_cast<uint64_t>(10'000'000 * o.scale);
-  double s = run_threads(o, total, [](int t, uint64_t n) {
+  double s = run_threads(o, total, [fixed](int t, uint64_t n) {
     Rng rng(static_cast<uint64_t>(t) + 7);
     void* blocks[kBatch];
     for (uint64_t done = 0; done < n; done += kBatch) {
       for (size_t i = 0; i < kBatch; ++i) {
-        size_t size = 16 + rng.below(497);
+        size_t size = fixed != 0 ? fixed : 16 + rng.below(497);
         blocks[i] = malloc(size);
         touch(blocks[i], size);
       }
@@ -408,7 +412,8 @@ const std::vector<Workload>& workloads() {
       {"pairs4096", "malloc/free pairs of 4096 bytes", [](const Options& o) { return pairs(o, 4096); }},
       {"workingset", "random replacement in a per-thread working set, 8 B-1 KiB, tail to 64 KiB", workingset},
       {"heldset", "workingset with all threads holding their sets: RSS after filling and after churn", held_set},
-      {"batch", "allocate 1000 objects, then free them all", batch},
+      {"batch", "allocate 1000 objects, then free them all", [](const Options& o) { return batch(o, 0); }},
+      {"batch64", "allocate 1000 objects of 64 bytes, then free them all", [](const Options& o) { return batch(o, 64); }},
       {"prodcons", "allocated on one thread, freed on another (thread pairs)", prodcons},
       {"scratch", "false sharing: write to fresh small objects (cache-scratch)", scratch},
       {"realloc", "realloc growth of strings (small steps) and vectors (doubling)", realloc_growth},
