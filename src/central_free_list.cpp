@@ -47,8 +47,7 @@ void* CentralFreeList::pop(Span* span) {
   span->free_objects = next;
   mark_free(object);
   ++span->live;
-  if (next == nullptr && span->never_used == span->start + sc.used_bytes())
-    nonempty_.remove(span);
+  if (next == nullptr && span->never_used == span->start + sc.used_bytes()) unlist_locked(span);
   return object;
 }
 
@@ -65,7 +64,7 @@ int CentralFreeList::carve(Span* span, void** out, int n, Carving* carving) {
   for (int i = 0; i < n; ++i) out[i] = reinterpret_cast<void*>(first + uintptr_t(i) * sc.size);
   span->never_used = first + uintptr_t(n) * sc.size;
   span->live += static_cast<uint32_t>(n);
-  if (span->free_objects == nullptr && span->never_used == objects_end) nonempty_.remove(span);
+  if (span->free_objects == nullptr && span->never_used == objects_end) unlist_locked(span);
   carving->runs[carving->count++] = Carving::Run{out, n, span->released};
   return n;
 }
@@ -88,17 +87,47 @@ void CentralFreeList::finish_carving(const Carving& carving) const {
   }
 }
 
+void CentralFreeList::unlist_locked(Span* span) {
+  nonempty_.remove(span);
+  for (Affine& a : affine_)
+    if (a.span == span) a.span = nullptr;
+}
+
+Span* CentralFreeList::span_to_take_locked(unsigned cpu, bool share) {
+  if (cpu == kNoCpu) return nonempty_.first();
+  Affine& mine = affine_[cpu % kAffineSlots];
+  const uint64_t now = allocations_.load(std::memory_order_relaxed);
+  if (mine.span == nullptr) {
+    for (Span* span = nonempty_.first(); span != nullptr && mine.span == nullptr; span = span->next) {
+      bool taken = false;
+      for (const Affine& other : affine_)
+        taken = taken || (other.span == span && now - other.last_taken < kAffinityLapse);
+      if (taken) continue;
+      for (Affine& other : affine_)
+        if (other.span == span) other.span = nullptr;
+      mine.span = span;
+    }
+    if (mine.span == nullptr) return share ? nonempty_.first() : nullptr;
+  }
+  mine.last_taken = now;
+  return mine.span;
+}
+
 // A batch carves at most a page's worth of new objects beyond its first one, so the objects of
 // large classes that wait in a cache do not each hold a page the program has not used yet. The
 // class's first batch carves at most one OS page's worth: most programs use most classes only a
 // little, and each such class then holds one OS page of objects, not two. Where the list runs
-// dry, the lock is dropped to take a span from the page heap, and the batch goes on there.
-int CentralFreeList::take(void** out, int n, bool* untouched) {
+// dry, the lock is dropped to take a span from the page heap, and the batch goes on there. A
+// batch for a CPU cache comes from that CPU's own span (span_to_take_locked): where every
+// listed span is another CPU's, it takes a fresh one, and shares only when the page heap has
+// none to give.
+int CentralFreeList::take(void** out, int n, bool* untouched, unsigned cpu) {
   const size_t object_bytes = size_class(size_class_).size;
   const size_t carve_limit = allocations_.load(std::memory_order_relaxed) == 0 ? os::hardware_page_size() : kPageSize;
   size_t carved_bytes = 0;
   int got = 0;
   Span* fresh = nullptr;
+  bool share = false;  // out of memory for a span of our own: any will do
   for (;;) {
     Carving carving;
     bool dry = false;
@@ -107,7 +136,7 @@ int CentralFreeList::take(void** out, int n, bool* untouched) {
       if (fresh != nullptr) add_span_locked(fresh);
       const int got_before = got;
       while (got < n) {
-        Span* span = nonempty_.first();
+        Span* span = span_to_take_locked(cpu, share);
         if (span == nullptr) {
           dry = true;
           break;
@@ -129,15 +158,18 @@ int CentralFreeList::take(void** out, int n, bool* untouched) {
     finish_carving(carving);
     if (untouched != nullptr) *untouched = carving.count > 0 && carving.runs[0].released;
     if (!dry || (got > 0 && carved_bytes >= carve_limit)) return got;
-    if ((fresh = new_span()) == nullptr) return got;
+    if ((fresh = new_span()) == nullptr) {
+      if (share || cpu == kNoCpu) return got;
+      share = true;
+    }
   }
 }
 
-int CentralFreeList::allocate_batch(void** out, int n) { return take(out, n, nullptr); }
+int CentralFreeList::allocate_batch(void** out, int n, unsigned cpu) { return take(out, n, nullptr, cpu); }
 
 void* CentralFreeList::allocate_one(bool* untouched) {
   void* object;
-  return take(&object, 1, untouched) == 1 ? object : nullptr;
+  return take(&object, 1, untouched, kNoCpu) == 1 ? object : nullptr;
 }
 
 void CentralFreeList::push(Span* span, void* p) {
@@ -159,7 +191,7 @@ void CentralFreeList::push(Span* span, void* p) {
 }
 
 void CentralFreeList::give_back(Span* span) {
-  nonempty_.remove(span);
+  unlist_locked(span);
   subtract(spans_, 1);
   g_page_heap.deallocate(span);
 }

@@ -26,8 +26,14 @@ class CentralFreeList {
  public:
   explicit constexpr CentralFreeList(unsigned size_class) : size_class_(size_class) {}
 
-  // Up to n objects into out[]; returns how many (0 only when out of memory).
-  int allocate_batch(void** out, int n);
+  // Up to n objects into out[]; returns how many (0 only when out of memory). `cpu`: the slab
+  // index of the CPU cache they are for, which then takes them from a span of its own (see
+  // affine_), or kNoCpu.
+  static constexpr unsigned kNoCpu = ~0u;
+  int allocate_batch(void** out, int n, unsigned cpu = kNoCpu);
+  // A CPU's span that it has not taken from for this many of the class's allocations is any
+  // CPU's to take: the CPU may have gone idle.
+  static constexpr uint64_t kAffinityLapse = 4096;
   // One object, for calloc; nullptr when out of memory. *untouched says whether every byte of
   // it but its first word (the free signature) is known to be zero: it was carved from pages
   // that were not resident (fresh from the OS, or given back since), so nothing has written it.
@@ -75,7 +81,13 @@ class CentralFreeList {
 
   // allocate_batch, and allocate_one with n = 1 and `untouched` set: whether the one object
   // was carved from pages that were not resident (nullptr: not asked).
-  int take(void** out, int n, bool* untouched);
+  int take(void** out, int n, bool* untouched, unsigned cpu);
+  // The span to take objects from next, with lock_ held: for kNoCpu the first on the list; for
+  // a CPU, its own span, else one no other CPU has taken from lately (made its own), else
+  // nullptr, and the caller takes a fresh span, unless `share`.
+  Span* span_to_take_locked(unsigned cpu, bool share);
+  // Takes `span` off nonempty_ (it has no object left to give), and from whichever CPU had it.
+  void unlist_locked(Span* span);
   // A span from the page heap, for this class, on no list yet (called without lock_).
   Span* new_span();
   void add_span_locked(Span* span);
@@ -94,8 +106,20 @@ class CentralFreeList {
   // object ends where the new class's does, and the span counts in `to` from now on.
   void hand_live_span_to(Span* span, unsigned to);
 
+  // Where two CPUs take objects from one span, each batch lands next to the other CPU's, and
+  // the CPUs' prefetchers keep pulling each other's lines (docs/design.md, "Spans of their
+  // own"). So a CPU cache's refills come from a span of its own: slot cpu % kAffineSlots, with
+  // the class's allocations_ when that CPU last took from it. Under lock_; a span named here is
+  // on nonempty_.
+  static constexpr unsigned kAffineSlots = 8;
+  struct Affine {
+    Span* span;
+    uint64_t last_taken;
+  };
+
   Mutex lock_;
   SpanList nonempty_;  // spans with at least one free object
+  Affine affine_[kAffineSlots] = {};
   const unsigned size_class_;
   uint64_t allocations_at_idle_check_ = 0;  // under lock_: allocations_ at the last release_idle()
   // Relaxed atomic adds, so that realloc can move a span between classes without the locks;

@@ -455,7 +455,7 @@ void* refill_pop(const Slab& slab, unsigned cls) {
   uint32_t misses = slab.note_miss(cls, true);
   void* batch[kMaxBatch];
   int want = refill_size(cls, misses), room = room_of(slab.index, cls);
-  int got = transfer_cache(cls).remove(batch, want < room + 1 ? want : room + 1);
+  int got = transfer_cache(cls).remove(batch, want < room + 1 ? want : room + 1, slab.index);
   if (got == 0) return nullptr;
   std::reverse(batch, batch + got);
   int kept = got > 1 ? slab.push_batch(cls, batch, got - 1) : 0;

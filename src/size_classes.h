@@ -100,15 +100,18 @@ constexpr unsigned class_of_size_computed(size_t size) {
   return first + quarter;
 }
 
-// The smallest span that holds a few objects (up to 8, or 64 KiB worth) with at most 1/8 of it
-// left over at the end.
+// The smallest span of at least 32 KiB that holds a few objects (up to 8, or 64 KiB worth) with
+// at most 1/8 of it left over at the end. 32 KiB, not one page: each CPU cache fills from spans
+// of its own (CentralFreeList::affine_), and two CPUs' spans side by side still had the CPUs
+// pulling each other's lines at every boundary (docs/design.md, "Spans of their own"). Carving
+// is lazy, so the pages of a span that nothing has taken cost no memory.
 constexpr uint32_t pages_for(size_t size) {
   size_t want_objects = 65536 / size;
   if (want_objects > 8) want_objects = 8;
   if (want_objects < 1) want_objects = 1;
   for (size_t pages = 1;; ++pages) {
     size_t bytes = pages * kPageSize;
-    if (bytes / size >= want_objects && bytes % size <= bytes / 8) return static_cast<uint32_t>(pages);
+    if (bytes >= 32 * 1024 && bytes / size >= want_objects && bytes % size <= bytes / 8) return static_cast<uint32_t>(pages);
   }
 }
 

@@ -30,7 +30,7 @@ void add(std::atomic<uint64_t>& counter, uint64_t n) {
 unsigned TransferCache::size_class() const { return static_cast<unsigned>(this - g_transfer.of); }
 void** TransferCache::stock() const { return g_stocks[size_class()]; }
 
-int TransferCache::remove(void** out, int n) {
+int TransferCache::remove(void** out, int n, unsigned cpu) {
   int got;
   {
     LockGuard guard(lock_);
@@ -42,7 +42,7 @@ int TransferCache::remove(void** out, int n) {
     add(misses_, static_cast<uint64_t>(n - got));
     stocked_.store(static_cast<uint64_t>(count_), std::memory_order_relaxed);
   }
-  if (got < n) got += central_list(size_class()).allocate_batch(out + got, n - got);
+  if (got < n) got += central_list(size_class()).allocate_batch(out + got, n - got, cpu);
   return got;
 }
 

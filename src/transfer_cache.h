@@ -48,8 +48,9 @@ class TransferCache {
   // read in from the library's file. A cache finds its class from its place in g_transfer.
   constexpr TransferCache() = default;
 
-  // Up to n (1 to kMaxBatch) objects into out[]; fewer only when out of memory.
-  int remove(void** out, int n);
+  // Up to n (1 to kMaxBatch) objects into out[]; fewer only when out of memory. `cpu`: as for
+  // CentralFreeList::allocate_batch, for what the stock cannot give.
+  int remove(void** out, int n, unsigned cpu = CentralFreeList::kNoCpu);
   // Takes n objects (at most kMaxBatch + 1); what does not fit goes to the central list. While
   // the page heap shrinks, only one batch fits, and older objects beyond it go down too.
   void insert(void* const* objects, int n);

@@ -565,7 +565,7 @@ TEST_CASE("mallinfo2 and malloc_info report what is allocated") {
   // The class of the 1000 blocks: they are in use, and its free objects are whole objects.
   REQUIRE(xml_attribute(xml, kClass1024, "in_use") >= in_use_before + 1000);
   REQUIRE(xml_attribute(xml, kClass1024, "total") == kClassSize * xml_attribute(xml, kClass1024, "count"));
-  const long long per_span = hardened() ? 14 : 8;  // a span of 16 KiB, or of 8 KiB
+  const long long per_span = hardened() ? 28 : 32;  // spans of 32 KiB
   REQUIRE(xml_attribute(xml, kClass1024, "spans") * per_span >= 1000);
   REQUIRE(malloc_info(1, stdout) == -1);
   errno = 0;
@@ -594,10 +594,10 @@ TEST_CASE("malloc_stats prints a line per size class that adds up") {
   INFO(r.err);
   REQUIRE(r.exited);
   REQUIRE(r.err.find("fastmalloc: mode=") == 0);
-  // 3000-byte blocks come from the 3072-byte class (8 to a span of 24 KiB), or in hardened mode
+  // 3000-byte blocks come from the 3072-byte class (10 to a span of 32 KiB), or in hardened mode
   // from the next one up, 3584 (9 to a span of 32 KiB).
   const std::string line = hardened() ? "fastmalloc: size_class=3584 " : "fastmalloc: size_class=3072 ";
-  const unsigned long long per_span = hardened() ? 9 : 8;
+  const unsigned long long per_span = hardened() ? 9 : 10;
   size_t at = r.err.find(line);
   REQUIRE(at != std::string::npos);
   unsigned long long spans = 0, in_use = 0, cpu_cached = 0, transfer_cached = 0, free_in_spans = 0;

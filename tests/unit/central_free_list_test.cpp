@@ -1,4 +1,5 @@
-// Central free lists: batches of distinct, aligned objects; spans taken and given back.
+// Central free lists: batches of distinct, aligned objects; spans taken and given back; each
+// CPU's batches from spans of its own.
 #include <catch2/catch.hpp>
 
 #include <linux/perf_event.h>
@@ -98,6 +99,61 @@ TEST_CASE("central lists hand out distinct objects of their class, across severa
     REQUIRE(s.live_objects == 0);
     REQUIRE(s.spans == 1);  // empty spans went back to the page heap, but one is kept
   }
+}
+
+TEST_CASE("each CPU's batches come from spans of its own, so no page holds two CPUs' objects") {
+  // Two CPUs refilling one class in turn were handed alternate runs of one span, and each CPU's
+  // prefetches then pulled in the lines the other was writing.
+  const unsigned cls = size_to_class(64);
+  CentralFreeList list(cls);
+  std::vector<void*> objects[2];
+  void* batch[32];
+  for (int round = 0; round < 40; ++round)
+    for (unsigned cpu = 0; cpu < 2; ++cpu) {
+      int n = list.allocate_batch(batch, 32, cpu);
+      REQUIRE(n > 0);
+      objects[cpu].insert(objects[cpu].end(), batch, batch + n);
+    }
+  const uintptr_t os_page = os::hardware_page_size();
+  std::set<uintptr_t> pages_of_cpu0;
+  for (void* p : objects[0]) pages_of_cpu0.insert(reinterpret_cast<uintptr_t>(p) / os_page);
+  size_t shared = 0;
+  for (void* p : objects[1]) shared += pages_of_cpu0.count(reinterpret_cast<uintptr_t>(p) / os_page);
+  REQUIRE(shared == 0);
+  for (auto& v : objects) {
+    check_objects(cls, v);
+    list.deallocate_batch(v.data(), static_cast<int>(v.size()));
+  }
+}
+
+TEST_CASE("a span its CPU stopped taking from goes to the next CPU that needs one") {
+  const unsigned cls = size_to_class(64);
+  CentralFreeList list(cls);
+  void* first;
+  REQUIRE(list.allocate_batch(&first, 1, 0) == 1);
+  Span* cpu0_span = g_span_map.lookup(reinterpret_cast<uintptr_t>(first));
+  // CPU 1 does not take from CPU 0's span while CPU 0 may come back to it...
+  std::vector<void*> taken;
+  void* batch[32];
+  REQUIRE(list.allocate_batch(batch, 1, 1) == 1);
+  REQUIRE(g_span_map.lookup(reinterpret_cast<uintptr_t>(batch[0])) != cpu0_span);
+  taken.push_back(batch[0]);
+  // ...and once the class has handed out kAffinityLapse objects since CPU 0 took from it (CPU 0's
+  // one and CPU 1's), CPU 2 takes it instead of a fresh span.
+  while (taken.size() < CentralFreeList::kAffinityLapse - 1) {
+    int n = list.allocate_batch(batch, static_cast<int>(std::min<size_t>(32, CentralFreeList::kAffinityLapse - 1 - taken.size())), 1);
+    REQUIRE(n > 0);
+    taken.insert(taken.end(), batch, batch + n);
+  }
+  for (void* p : taken) REQUIRE(g_span_map.lookup(reinterpret_cast<uintptr_t>(p)) != cpu0_span);
+  const uint64_t spans = list.stats().spans;
+  void* adopted;
+  REQUIRE(list.allocate_batch(&adopted, 1, 2) == 1);
+  REQUIRE(g_span_map.lookup(reinterpret_cast<uintptr_t>(adopted)) == cpu0_span);
+  REQUIRE(list.stats().spans == spans);
+  taken.push_back(first);
+  taken.push_back(adopted);
+  list.deallocate_batch(taken.data(), static_cast<int>(taken.size()));
 }
 
 TEST_CASE("malloc_trim's release gives back the empty span a list keeps, and only empty ones") {
