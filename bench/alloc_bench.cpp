@@ -198,9 +198,9 @@ Result held_set(const Options& o) {
 }
 
 // Batches of 1000 blocks, allocated and then freed: of 16-512 bytes at random, or all of
-// `fixed` bytes. With one size, each thread cycles a thousand blocks of one class, and where two
-// CPUs' blocks sit side by side in memory (their caches filled from one span), each CPU's
-// prefetches pull in lines the other is writing (bench/RESULTS.md).
+// `fixed` bytes. With one size, each thread cycles a thousand blocks of one class: where two
+// CPUs' blocks sit side by side in memory, each CPU's prefetches pull in lines the other is
+// writing (docs/design.md, "Spans of their own").
 Result batch(const Options& o, size_t fixed) {
   constexpr size_t kBatch = 1000;
   uint64_t total = static_cast<uint64_t>(10'000'000 * o.scale);
