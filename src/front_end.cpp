@@ -22,10 +22,11 @@
 //                               fast_num_slabs is stored under the cache's vfork lock, with
 //                               the count of live vfork children that keeps it 0
 //   transfer cache of a class   its TransferCache::lock()
-//   central list of a class     its CentralFreeList::lock(): the nonempty span list, every
-//                               field of the spans the class owns, their free objects. But a
-//                               span of one object that is out is on no list and reached only
-//                               by the block's holder: realloc lengthens or shortens it under
+//   central list of a class     its CentralFreeList::lock(): the nonempty span list, the
+//                               span each CPU takes from (affine_), every field of the spans
+//                               the class owns, their free objects. But a span of one
+//                               object that is out is on no list and reached only by the
+//                               block's holder: realloc lengthens or shortens it under
 //                               the page heap's lock (PageHeap::extend, shrink), or carves a
 //                               new one there (allocate_growable), without the class's lock;
 //                               the class counters are relaxed atomic adds for that reason.
