@@ -98,14 +98,15 @@ Span* CentralFreeList::span_to_take_locked(unsigned cpu, bool share) {
   Affine& mine = affine_[cpu % kAffineSlots];
   const uint64_t now = allocations_.load(std::memory_order_relaxed);
   if (mine.span == nullptr) {
-    for (Span* span = nonempty_.first(); span != nullptr && mine.span == nullptr; span = span->next) {
-      bool taken = false;
-      for (const Affine& other : affine_)
-        taken = taken || (other.span == span && now - other.last_taken < kAffinityLapse);
-      if (taken) continue;
+    // A span is in one slot at most: adopting one takes it from the slot that held it.
+    for (Span* span = nonempty_.first(); span != nullptr; span = span->next) {
+      Affine* holder = nullptr;
       for (Affine& other : affine_)
-        if (other.span == span) other.span = nullptr;
+        if (other.span == span) holder = &other;
+      if (holder != nullptr && now - holder->last_taken < kAffinityLapse) continue;
+      if (holder != nullptr) holder->span = nullptr;
       mine.span = span;
+      break;
     }
     if (mine.span == nullptr) return share ? nonempty_.first() : nullptr;
   }
